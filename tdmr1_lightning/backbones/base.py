@@ -1,0 +1,385 @@
+"""What TDM-R1 needs of a rectified-flow text-to-image model, independent of the model family.
+
+A backbone owns the frozen parts (text encoders, VAE, the teacher) and the trained roles
+(algorithm.md, section 2). A new family (Z-Image, FLUX) is one new file: load the pipeline,
+encode prompts, decode latents, call its transformer. Role bookkeeping lives in
+:class:`RoleTransformers`, shared by every family whose denoiser is one ``nn.Module``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Literal, Sequence
+
+import torch
+from torch import Tensor, nn
+
+TEACHER = "teacher"
+GENERATOR = "generator"
+FAKE = "fake"
+SURROGATE = "surrogate"
+GENERATOR_EMA = "generator_ema"
+SURROGATE_OLD = "surrogate_old"
+SURROGATE_REF = "surrogate_ref"
+TRAINED_ROLES = (GENERATOR, FAKE, SURROGATE)
+EMA_SOURCES = {GENERATOR_EMA: GENERATOR, SURROGATE_OLD: SURROGATE, SURROGATE_REF: SURROGATE}
+"""Each EMA role and the trained role it follows."""
+
+RolesAs = Literal["lora", "full"]
+
+
+@dataclass
+class Condition:
+    """Prompt conditioning: named tensors whose first dimension is the batch."""
+
+    tensors: dict[str, Tensor]
+
+    def __len__(self) -> int:
+        return next(iter(self.tensors.values())).shape[0]
+
+    def __getitem__(self, index: Tensor | slice) -> "Condition":
+        return Condition({k: v[index] for k, v in self.tensors.items()})
+
+    def repeat(self, n: int) -> "Condition":
+        """Repeat a condition of batch size 1 (the null prompt) ``n`` times."""
+        return Condition({k: v.expand(n, *v.shape[1:]) for k, v in self.tensors.items()})
+
+    @staticmethod
+    def cat(conditions: Sequence["Condition"]) -> "Condition":
+        keys = conditions[0].tensors.keys()
+        return Condition({k: torch.cat([c.tensors[k] for c in conditions]) for k in keys})
+
+
+def ema_update_(target: Sequence[Tensor], source: Sequence[Tensor], decay: float) -> None:
+    """``target <- decay * target + (1 - decay) * source``, in place, for matching tensor lists."""
+    if len(target) != len(source):
+        raise ValueError(f"EMA: {len(target)} target tensors but {len(source)} source tensors")
+    with torch.no_grad():
+        torch._foreach_lerp_(list(target), [s.to(t.dtype) for s, t in zip(source, target)], 1.0 - decay)
+
+
+def unique_tensor_bytes(module: nn.Module) -> int:
+    """Bytes of parameters and buffers held by ``module``, each storage counted once."""
+    seen: set[int] = set()
+    total = 0
+    for t in [*module.parameters(), *module.buffers()]:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in seen:
+            seen.add(ptr)
+            total += t.untyped_storage().nbytes()
+    return total
+
+
+# --------------------------------------------------------------------------------------------
+# Role adapters (or copies) on one denoiser
+# --------------------------------------------------------------------------------------------
+
+DEFAULT_LORA_TARGETS = (
+    "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+)
+_LORA_SUFFIX_ALIASES = {".lora_down.": ".lora_A.", ".lora_up.": ".lora_B."}
+_LORA_PREFIXES = ("base_model.model.", "transformer.", "model.diffusion_model.", "diffusion_model.")
+LORA_FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+
+
+class LoraCheckpointError(ValueError):
+    """A LoRA checkpoint that cannot be loaded into the generator."""
+
+
+def check_lora_file(path: str | os.PathLike) -> Path:
+    """Validate a LoRA checkpoint before any model loads: it exists, has a known format and LoRA keys."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise LoraCheckpointError(f"generator_checkpoint: no such file: {path}")
+    if path.suffix not in LORA_FILE_SUFFIXES:
+        raise LoraCheckpointError(
+            f"generator_checkpoint: {path} has suffix {path.suffix!r}; expected one of {', '.join(LORA_FILE_SUFFIXES)}"
+        )
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+        if not any(".lora_" in k for k in keys):
+            raise LoraCheckpointError(
+                f"generator_checkpoint: {path} holds no LoRA tensors (no key contains '.lora_A.', '.lora_B.', "
+                f"'.lora_down.' or '.lora_up.'); first keys: {keys[:3]}"
+            )
+    return path
+
+
+def load_lora_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Read a LoRA state dict from safetensors or a torch checkpoint, never executing pickled code.
+
+    Keys are normalised to ``<module path>.lora_A.weight`` / ``.lora_B.weight`` (diffusers / peft
+    formats with or without a ``transformer.`` or ``base_model.model.`` prefix; kohya-style
+    ``lora_down`` / ``lora_up``).
+    """
+    path = check_lora_file(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        raw = load_file(str(path))
+    else:
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # weights_only refuses pickled objects: say so plainly
+            raise LoraCheckpointError(f"generator_checkpoint: cannot read {path} as a tensor state dict: {err}") from err
+        for key in ("state_dict", "module"):
+            if isinstance(raw, dict) and isinstance(raw.get(key), dict):
+                raw = raw[key]
+    if not isinstance(raw, dict) or not all(isinstance(v, Tensor) for v in raw.values()):
+        raise LoraCheckpointError(f"generator_checkpoint: {path} is not a flat dictionary of tensors")
+    out: dict[str, Tensor] = {}
+    for key, value in raw.items():
+        if ".alpha" in key or not (".lora_" in key):
+            continue
+        for old, new in _LORA_SUFFIX_ALIASES.items():
+            key = key.replace(old, new)
+        for prefix in _LORA_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    if not out:
+        raise LoraCheckpointError(f"generator_checkpoint: {path} holds no LoRA tensors")
+    return out
+
+
+class RoleTransformers(nn.Module):
+    """The roles of section 2 on one denoiser: LoRA adapters on shared frozen weights, or full copies.
+
+    In ``lora`` mode there is one set of base weights; the teacher is the base with adapters
+    disabled and every other role is an adapter (initialised with B = 0, so equal to the teacher).
+    In ``full`` mode each role is a full copy of the base, which stays the frozen teacher.
+    """
+
+    def __init__(
+        self,
+        base: nn.Module,
+        roles: Iterable[str],
+        roles_as: RolesAs = "lora",
+        lora_rank: int = 32,
+        lora_alpha: float = 64.0,
+        lora_target_modules: Sequence[str] = DEFAULT_LORA_TARGETS,
+    ) -> None:
+        super().__init__()
+        self.roles = [r for r in roles if r != TEACHER]
+        unknown = set(self.roles) - set(TRAINED_ROLES) - set(EMA_SOURCES)
+        if unknown:
+            raise ValueError(f"unknown roles {sorted(unknown)}")
+        self.roles_as = roles_as
+        self.base = base.requires_grad_(False).eval()
+        self._active: str | None = None
+        if roles_as == "lora":
+            from peft import LoraConfig
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            for role in self.roles:
+                config = LoraConfig(
+                    r=lora_rank, lora_alpha=lora_alpha, init_lora_weights="gaussian",
+                    target_modules=list(lora_target_modules),
+                )
+                with warnings.catch_warnings():  # several adapters on one model is the design, not an accident
+                    warnings.filterwarnings("ignore", message=".*multiple adapters.*")
+                    base.add_adapter(config, adapter_name=role)
+            self._tuner_layers = [m for m in base.modules() if isinstance(m, BaseTunerLayer)]
+            self._role_names = {
+                role: sorted(n for n, _ in base.named_parameters() if f".{role}." in n and ".lora_" in n)
+                for role in self.roles
+            }
+            params = dict(base.named_parameters())
+            for role, names in self._role_names.items():
+                for n in names:
+                    params[n].data = params[n].data.float()  # adapters train in fp32 over a low-precision base
+            self._restore_trainable()
+        elif roles_as == "full":
+            self.copies = nn.ModuleDict({role: copy.deepcopy(base) for role in self.roles})
+            for role, module in self.copies.items():
+                module.requires_grad_(role in TRAINED_ROLES).train(role in TRAINED_ROLES)
+        else:
+            raise ValueError(f"roles_as must be 'lora' or 'full', got {roles_as!r}")
+        for role in self.roles:  # an EMA starts as its source (LoRA A matrices are drawn per adapter)
+            if EMA_SOURCES.get(role) in self.roles:
+                self.copy_role_(role, EMA_SOURCES[role])
+
+    # -- role selection -----------------------------------------------------------------------
+
+    def _restore_trainable(self) -> None:
+        # peft's set_adapter flips requires_grad to follow the active adapter; our trained roles keep
+        # requiring grad so that switching roles between a forward and its backward changes nothing.
+        params = dict(self.base.named_parameters())
+        for role, names in self._role_names.items():
+            for n in names:
+                params[n].requires_grad_(role in TRAINED_ROLES)
+
+    def activate(self, role: str) -> nn.Module:
+        """Return the module that computes ``role`` (switching the active adapter where needed)."""
+        if role != TEACHER and role not in self.roles:
+            raise KeyError(f"role {role!r} was not built; built roles: {[TEACHER, *self.roles]}")
+        if self.roles_as == "full":
+            return self.base if role == TEACHER else self.copies[role]
+        if role != self._active:
+            for layer in self._tuner_layers:
+                if role == TEACHER:
+                    layer.enable_adapters(False)
+                else:
+                    layer.enable_adapters(True)
+                    layer.set_adapter(role)
+            self._restore_trainable()
+            self._active = role
+        return self.base
+
+    # -- parameters ---------------------------------------------------------------------------
+
+    def parameters_of(self, role: str) -> list[nn.Parameter]:
+        """The parameters that define ``role``, in an order shared by all roles."""
+        if role == TEACHER:
+            return [p for n, p in self.base.named_parameters() if ".lora_" not in n]
+        if self.roles_as == "full":
+            return list(self.copies[role].parameters())
+        params = dict(self.base.named_parameters())
+        return [params[n] for n in self._role_names[role]]
+
+    def copy_role_(self, target: str, source: str) -> None:
+        with torch.no_grad():
+            for t, s in zip(self.parameters_of(target), self.parameters_of(source)):
+                t.copy_(s)
+
+    def ema_update_(self, target: str, decay: float) -> None:
+        ema_update_(self.parameters_of(target), self.parameters_of(EMA_SOURCES[target]), decay)
+
+    def is_role_state(self, key: str) -> bool:
+        """Whether a ``state_dict`` key (relative to this module) belongs to a role, not the frozen base."""
+        return ".lora_" in key if self.roles_as == "lora" else key.startswith("copies.")
+
+    # -- LoRA checkpoints ---------------------------------------------------------------------
+
+    def load_lora_(self, role: str, state_dict: dict[str, Tensor], source: str) -> int:
+        """Load a normalised LoRA state dict (see :func:`load_lora_state_dict`) into ``role``.
+
+        Raises :class:`LoraCheckpointError` naming ``source`` and the first offending keys when keys
+        do not match the denoiser's LoRA layers or shapes differ. Returns the number of tensors loaded.
+        """
+        if self.roles_as == "full":
+            return self._merge_lora_into_copy(role, state_dict, source)
+        params = dict(self.base.named_parameters())
+        missing, mismatched = [], []
+        for key, value in state_dict.items():
+            head, _, tail = key.rpartition(".lora_")
+            which, _, rest = tail.partition(".")
+            target = f"{head}.lora_{which}.{role}.{rest}"
+            if target not in params:
+                missing.append(key)
+            elif params[target].shape != value.shape:
+                mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(params[target].shape)}")
+        if missing or mismatched:
+            lines = []
+            if missing:
+                lines.append(
+                    f"{len(missing)} of {len(state_dict)} keys match no LoRA layer of the transformer "
+                    f"(targets: {sorted(self.base.peft_config[role].target_modules)}), e.g. {missing[:3]}"
+                )
+            if mismatched:
+                lines.append(f"{len(mismatched)} shapes differ (is lora_rank right?), e.g. {mismatched[:3]}")
+            raise LoraCheckpointError(f"generator_checkpoint {source}: " + "; ".join(lines))
+        with torch.no_grad():
+            for key, value in state_dict.items():
+                head, _, tail = key.rpartition(".lora_")
+                which, _, rest = tail.partition(".")
+                params[f"{head}.lora_{which}.{role}.{rest}"].copy_(value)
+        return len(state_dict)
+
+    def _merge_lora_into_copy(self, role: str, state_dict: dict[str, Tensor], source: str) -> int:
+        modules = dict(self.copies[role].named_modules())
+        pairs: dict[str, dict[str, Tensor]] = {}
+        for key, value in state_dict.items():
+            head, _, tail = key.rpartition(".lora_")
+            pairs.setdefault(head, {})[tail.split(".")[0]] = value
+        bad = [h for h, ab in pairs.items() if h not in modules or not hasattr(modules[h], "weight") or set(ab) != {"A", "B"}]
+        if bad:
+            raise LoraCheckpointError(f"generator_checkpoint {source}: keys match no linear layer of the transformer, e.g. {bad[:3]}")
+        with torch.no_grad():
+            for head, ab in pairs.items():
+                weight = modules[head].weight
+                rank = ab["A"].shape[0]
+                delta = (ab["B"].float() @ ab["A"].float()) * (self._lora_alpha_for_merge / rank)
+                if delta.shape != weight.shape:
+                    raise LoraCheckpointError(
+                        f"generator_checkpoint {source}: {head}: LoRA update {tuple(delta.shape)} vs weight {tuple(weight.shape)}"
+                    )
+                weight.add_(delta.to(weight.dtype))
+        return len(state_dict)
+
+    _lora_alpha_for_merge: float = 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# The interface the LightningModule uses
+# --------------------------------------------------------------------------------------------
+
+
+class RectifiedFlowBackbone(nn.Module, ABC):
+    """A text-to-image rectified-flow model with TDM-R1 roles.
+
+    Construction is cheap and validates arguments; :meth:`build` loads the networks (called from the
+    LightningModule's ``configure_model`` so a sharded strategy can wrap each role).
+    """
+
+    roles: RoleTransformers
+
+    @abstractmethod
+    def build(self, roles: Sequence[str]) -> None:
+        """Load the networks and create ``roles`` (a subset of the trained and EMA roles)."""
+
+    @abstractmethod
+    def transformer_forward(self, module: nn.Module, x: Tensor, t: Tensor, cond: Condition) -> Tensor:
+        """Call the denoiser ``module`` on latents ``x`` at timesteps ``t = 1000 s``; return the velocity."""
+
+    @abstractmethod
+    def encode_prompts(self, prompts: list[str]) -> Condition:
+        """Frozen text conditioning for ``prompts``."""
+
+    @abstractmethod
+    def null_condition(self, n: int) -> Condition:
+        """The empty-prompt conditioning (for classifier-free guidance), repeated ``n`` times."""
+
+    @abstractmethod
+    def decode(self, latents: Tensor) -> Tensor:
+        """Latents to ``uint8`` images ``(N, 3, H, W)``."""
+
+    @property
+    @abstractmethod
+    def latent_shape(self) -> tuple[int, int, int]:
+        """``(C, h, w)`` of one latent at the configured resolution."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.roles.base.parameters()).device
+
+    def is_role_state(self, key: str) -> bool:
+        """Whether a ``state_dict`` key of this backbone is role weights worth checkpointing (not frozen parts)."""
+        return key.startswith("roles.") and self.roles.is_role_state(key[len("roles."):])
+
+    def velocity(self, role: str, x: Tensor, s: float, cond: Condition) -> Tensor:
+        """The velocity of ``role`` at ``(x, s)``; ``s`` is one level for the whole batch."""
+        module = self.roles.activate(role)
+        t = torch.full((x.shape[0],), 1000.0 * s, device=x.device, dtype=x.dtype)
+        return self.transformer_forward(module, x, t, cond).to(x.dtype)
+
+    def velocity_cond_uncond(self, role: str, x: Tensor, s: float, cond: Condition) -> tuple[Tensor, Tensor]:
+        """Conditional and unconditional velocities of ``role`` in one batched forward."""
+        n = x.shape[0]
+        both = self.velocity(role, torch.cat([x, x]), s, Condition.cat([cond, self.null_condition(n)]))
+        return both[:n], both[n:]
+
+    def guided_velocity(self, role: str, x: Tensor, s: float, cond: Condition, scale: float) -> Tensor:
+        """Classifier-free guidance ``v_u + w (v_c - v_u)``; one forward when ``w == 1``."""
+        if scale == 1.0:
+            return self.velocity(role, x, s, cond)
+        vc, vu = self.velocity_cond_uncond(role, x, s, cond)
+        return vu + scale * (vc - vu)

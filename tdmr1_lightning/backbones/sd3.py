@@ -1,0 +1,152 @@
+"""Stable Diffusion 3 / 3.5 (MMDiT, rectified flow) over diffusers."""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .base import (
+    DEFAULT_LORA_TARGETS,
+    GENERATOR,
+    GENERATOR_EMA,
+    Condition,
+    RectifiedFlowBackbone,
+    RoleTransformers,
+    RolesAs,
+    check_lora_file,
+    load_lora_state_dict,
+)
+from .hub import resolve_pretrained
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class SD3Backbone(RectifiedFlowBackbone):
+    """Stable Diffusion 3 / 3.5 with the TDM-R1 roles as LoRA adapters on one transformer (or full copies).
+
+    Args:
+        pretrained_model: A hub id (e.g. ``stabilityai/stable-diffusion-3.5-medium``) or a local
+            diffusers pipeline folder (one with ``model_index.json``), loaded with ``from_pretrained``.
+        resolution: Image height and width in pixels.
+        roles_as: ``lora``: one set of base weights, roles as adapters, teacher = adapters disabled;
+            ``full``: a full fine-tuned copy of the transformer per role.
+        lora_rank: LoRA rank of every role adapter.
+        lora_alpha: LoRA alpha (scale = alpha / rank).
+        lora_target_modules: Attention projections that get adapters.
+        generator_checkpoint: Optional LoRA state dict (``.safetensors`` or a torch checkpoint, read
+            without executing pickled code) to start the generator from, e.g. the released TDM LoRA.
+        dtype: Storage dtype of the frozen weights (adapters always train in float32).
+        max_sequence_length: T5 tokens per prompt.
+        gradient_checkpointing: Recompute transformer activations in backward to save memory.
+        revision: Hub revision (branch, tag or commit) of ``pretrained_model``.
+        variant: Weight variant to load (e.g. ``fp16``).
+    """
+
+    def __init__(
+        self,
+        pretrained_model: str,
+        resolution: int = 512,
+        roles_as: RolesAs = "lora",
+        lora_rank: int = 32,
+        lora_alpha: float = 64.0,
+        lora_target_modules: Sequence[str] = DEFAULT_LORA_TARGETS,
+        generator_checkpoint: str | None = None,
+        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        max_sequence_length: int = 256,
+        gradient_checkpointing: bool = False,
+        revision: str | None = None,
+        variant: str | None = None,
+    ) -> None:
+        super().__init__()
+        if resolution < 8:
+            raise ValueError(f"resolution must be >= 8 pixels, got {resolution}")
+        if lora_rank < 1:
+            raise ValueError(f"lora_rank must be >= 1, got {lora_rank}")
+        self.pretrained_model = resolve_pretrained(pretrained_model, revision=revision)
+        self.generator_checkpoint = check_lora_file(generator_checkpoint) if generator_checkpoint else None
+        self.resolution = resolution
+        self.roles_as = roles_as
+        self.lora = dict(lora_rank=lora_rank, lora_alpha=lora_alpha, lora_target_modules=tuple(lora_target_modules))
+        self.dtype = _DTYPES[dtype]
+        self.max_sequence_length = max_sequence_length
+        self.gradient_checkpointing = gradient_checkpointing
+        self.revision, self.variant = revision, variant
+        self._null: Condition | None = None
+
+    # -- loading --------------------------------------------------------------------------------
+
+    def build(self, roles: Sequence[str]) -> None:
+        from diffusers import StableDiffusion3Pipeline
+
+        pipe = StableDiffusion3Pipeline.from_pretrained(
+            self.pretrained_model, dtype=self.dtype, revision=self.revision, variant=self.variant
+        )
+        transformer = pipe.transformer
+        factor = pipe.vae_scale_factor * transformer.config.patch_size
+        if self.resolution % factor:
+            raise ValueError(
+                f"resolution {self.resolution} is not a multiple of {factor} (VAE factor x patch size) for {self.pretrained_model}"
+            )
+        if self.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        self.vae = pipe.vae.requires_grad_(False).eval()
+        self.text_encoders = nn.ModuleList(
+            [e.requires_grad_(False).eval() for e in (pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3) if e is not None]
+        )
+        self.roles = RoleTransformers(transformer, roles, self.roles_as, **self.lora)
+        self.roles._lora_alpha_for_merge = float(self.lora["lora_alpha"])
+        # The pipeline shares these modules; kept outside nn.Module registration so it is not saved twice.
+        object.__setattr__(self, "_pipe", pipe)
+        if self.generator_checkpoint is not None:
+            state = load_lora_state_dict(self.generator_checkpoint)
+            self.roles.load_lora_(GENERATOR, state, str(self.generator_checkpoint))
+            if GENERATOR_EMA in self.roles.roles:
+                self.roles.copy_role_(GENERATOR_EMA, GENERATOR)
+
+    # -- the interface --------------------------------------------------------------------------
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        side = self.resolution // self._pipe.vae_scale_factor
+        return (self.roles.base.config.in_channels, side, side)
+
+    def transformer_forward(self, module: nn.Module, x: Tensor, t: Tensor, cond: Condition) -> Tensor:
+        dtype = self.dtype if not torch.is_autocast_enabled(x.device.type) else x.dtype
+        return module(
+            hidden_states=x.to(dtype),
+            timestep=t.to(dtype),
+            encoder_hidden_states=cond.tensors["embeds"].to(dtype),
+            pooled_projections=cond.tensors["pooled"].to(dtype),
+            return_dict=False,
+        )[0]
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> Condition:
+        embeds, _, pooled, _ = self._pipe.encode_prompt(
+            prompt=list(prompts), prompt_2=None, prompt_3=None, device=self.device,
+            do_classifier_free_guidance=False, max_sequence_length=self.max_sequence_length,
+        )
+        return Condition({"embeds": embeds.float(), "pooled": pooled.float()})
+
+    def null_condition(self, n: int) -> Condition:
+        if self._null is None or self._null.tensors["embeds"].device != self.device:
+            self._null = self.encode_prompts([""])
+        return self._null.repeat(n)
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        config = self.vae.config
+        shift = config.shift_factor or 0.0
+        z = latents / config.scaling_factor + shift
+        images = self.vae.decode(z.to(self.vae.dtype), return_dict=False)[0]
+        return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+    @torch.no_grad()
+    def encode_images(self, images: Tensor) -> Tensor:
+        """``uint8`` images to latents (the inverse of :meth:`decode`, for tests and data)."""
+        config = self.vae.config
+        x = images.to(self.vae.dtype) / 127.5 - 1
+        z = self.vae.encode(x).latent_dist.mode()
+        return ((z - (config.shift_factor or 0.0)) * config.scaling_factor).float()

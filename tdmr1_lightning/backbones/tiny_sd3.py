@@ -1,0 +1,49 @@
+"""A toy-size SD3 built offline with random weights: the CPU default for demos, CI and tests."""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+from ..tiny import ensure_tiny_sd3
+from .base import DEFAULT_LORA_TARGETS, RolesAs
+from .sd3 import SD3Backbone
+
+
+class TinySD3Backbone(SD3Backbone):
+    """:class:`SD3Backbone` over a tiny random-weight SD3 pipeline that is built into ``directory`` on first use.
+
+    The pipeline is saved with ``save_pretrained`` and loaded with ``from_pretrained`` like any
+    other, so the real loading path runs; only the weights are random.
+
+    Args:
+        directory: Folder of the tiny pipeline (built there when it holds none).
+        resolution: Image side in pixels.
+        seed: Seed of the random weights (used only when the folder is built).
+        roles_as: ``lora`` (adapters on one transformer) or ``full`` (a copy per role).
+        lora_rank: LoRA rank of every role adapter.
+        lora_alpha: LoRA alpha.
+        lora_target_modules: Attention projections that get adapters.
+        generator_checkpoint: Optional LoRA state dict to start the generator from.
+        dtype: Storage dtype of the frozen weights.
+        max_sequence_length: T5 tokens per prompt.
+    """
+
+    def __init__(
+        self,
+        directory: str = ".cache/tdmr1/tiny-sd3",
+        resolution: int = 32,
+        seed: int = 0,
+        roles_as: RolesAs = "lora",
+        lora_rank: int = 4,
+        lora_alpha: float = 8.0,
+        lora_target_modules: Sequence[str] = DEFAULT_LORA_TARGETS,
+        generator_checkpoint: str | None = None,
+        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        max_sequence_length: int = 64,
+    ) -> None:
+        path = ensure_tiny_sd3(directory, resolution=resolution, seed=seed)
+        super().__init__(
+            str(path), resolution=resolution, roles_as=roles_as, lora_rank=lora_rank, lora_alpha=lora_alpha,
+            lora_target_modules=lora_target_modules, generator_checkpoint=generator_checkpoint, dtype=dtype,
+            max_sequence_length=max_sequence_length,
+        )

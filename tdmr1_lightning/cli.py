@@ -1,0 +1,37 @@
+"""The ``tdmr1`` command: Lightning's CLI over :class:`TDMR1Module` and :class:`PromptDataModule`.
+
+``tdmr1 fit --config configs/sd35_ocr.yaml`` trains; ``tdmr1 fit --help`` lists every argument with
+the help taken from the docstrings; ``--print_config`` shows the resolved configuration.
+"""
+
+from __future__ import annotations
+
+from lightning.pytorch.cli import LightningCLI
+
+from .data import PromptDataModule
+from .module import TDMR1Module
+
+
+class TDMR1CLI(LightningCLI):
+    """LightningCLI whose optimizers are the module's own ``OptimizerCallable`` arguments."""
+
+
+def build_cli(args: list[str] | None = None, run: bool = True) -> TDMR1CLI:
+    """Parse ``args`` (default: the command line), instantiate, and run the subcommand unless ``run`` is False."""
+    return TDMR1CLI(
+        TDMR1Module,
+        PromptDataModule,
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``tdmr1`` console script."""
+    build_cli(args)
+
+
+if __name__ == "__main__":
+    main()

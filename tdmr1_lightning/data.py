@@ -1,0 +1,353 @@
+"""Prompt sets for RL post-training, served in GRPO-style groups.
+
+One RL step draws ``prompts_per_step`` (P) prompts across all processes and samples
+each of them ``group_size`` (G) times, so rewards can be normalised within a group.
+The sampler hands each process its share of the step's prompts (P / world size),
+and the collate function repeats each prompt G times, so one DataLoader batch is
+exactly one RL step's worth of samples for this process.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import math
+from collections.abc import Iterator, Sized
+from pathlib import Path
+from typing import Any
+
+import lightning
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+__all__ = [
+    "GroupedPromptSampler",
+    "PromptDataModule",
+    "PromptDataset",
+    "PromptFileError",
+    "collate_groups",
+    "load_prompts",
+]
+
+# Key under which PromptDataset records the dataset index; collate_groups turns it
+# into ``prompt_index`` and strips it from the metadata.
+_INDEX_KEY = "_index"
+
+
+class PromptFileError(ValueError):
+    """A prompt file is missing, empty or malformed."""
+
+
+def load_prompts(path: str | Path) -> list[dict[str, Any]]:
+    """Read prompts from a text, JSON Lines or JSON file.
+
+    * ``.jsonl``: one JSON object a line with a non-empty string ``"prompt"``; every
+      other key is per-prompt metadata (e.g. what a reward model needs) and is kept.
+      Blank lines are skipped.
+    * ``.json``: a JSON array whose items are prompt strings or objects as in
+      ``.jsonl``.
+    * anything else: plain text, one prompt a line; blank lines and lines starting
+      with ``#`` are skipped, surrounding whitespace is stripped.
+
+    Returns:
+        Records ``{"prompt": str, **metadata}`` in file order.
+
+    Raises:
+        PromptFileError: naming the file (and the 1-based line or item) on any problem.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise PromptFileError(f"{path}: prompt file does not exist")
+    if not path.is_file():
+        raise PromptFileError(f"{path}: prompt path is not a file")
+    text = path.read_text(encoding="utf-8")
+
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        records = _parse_jsonl(path, text)
+    elif suffix == ".json":
+        records = _parse_json(path, text)
+    else:
+        records = [
+            {"prompt": stripped}
+            for stripped in (line.strip() for line in text.splitlines())
+            if stripped and not stripped.startswith("#")
+        ]
+    if not records:
+        raise PromptFileError(f"{path}: file contains no prompts")
+    return records
+
+
+def _parse_jsonl(path: Path, text: str) -> list[dict[str, Any]]:
+    records = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise PromptFileError(f"{where}: invalid JSON ({err.msg})") from err
+        records.append(_check_record(obj, where))
+    return records
+
+
+def _parse_json(path: Path, text: str) -> list[dict[str, Any]]:
+    try:
+        items = json.loads(text) if text.strip() else []
+    except json.JSONDecodeError as err:
+        raise PromptFileError(f"{path}, line {err.lineno}: invalid JSON ({err.msg})") from err
+    if not isinstance(items, list):
+        raise PromptFileError(f"{path}: expected a JSON array of prompts, got {type(items).__name__}")
+    return [
+        _check_record({"prompt": item} if isinstance(item, str) else item, f"{path}, item {i}")
+        for i, item in enumerate(items, start=1)
+    ]
+
+
+def _check_record(obj: Any, where: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise PromptFileError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    if "prompt" not in obj:
+        raise PromptFileError(f"{where}: missing 'prompt' key")
+    prompt = obj["prompt"]
+    if not isinstance(prompt, str):
+        raise PromptFileError(f"{where}: 'prompt' must be a string, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise PromptFileError(f"{where}: 'prompt' is empty")
+    return {**obj, "prompt": prompt.strip()}
+
+
+class PromptDataset(Dataset):
+    """Prompt records, each returned with its dataset index under ``"_index"``.
+
+    The index lets a training step tell which prompt a group came from (e.g. for
+    logging per-prompt rewards) without relying on prompt strings being unique.
+    """
+
+    def __init__(self, records: list[dict[str, Any]]) -> None:
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {**self.records[index], _INDEX_KEY: index}
+
+
+class GroupedPromptSampler(DistributedSampler):
+    """Yields this process's prompt indices, one RL step of ``P_local`` at a time.
+
+    An epoch is ``ceil(len(dataset) / P)`` global steps of ``P`` prompts each, taken
+    in order from a permutation of the prompt indices (seeded with ``seed + epoch`` so
+    every rank computes the same one; identity order when ``shuffle=False``). Within
+    global step ``b``, rank ``r`` gets the contiguous slice
+    ``[r * P_local, (r + 1) * P_local)`` of that step's prompts, with
+    ``P_local = P // num_replicas``: the ranks split each step's prompts disjointly.
+
+    Wrap-around: if ``len(dataset)`` is not a multiple of ``P`` (or is smaller than
+    ``P``), the last step is filled from further permutations drawn from the same
+    generator, so every step is full and every rank gets the same number of prompts.
+    As a consequence a prompt can appear twice in an epoch, and in the last step (or
+    in every step, when the dataset has fewer than ``P`` prompts) twice in one step.
+
+    It subclasses :class:`DistributedSampler` so that Lightning leaves it in place in
+    distributed runs instead of wrapping the DataLoader with its own sampler.
+    """
+
+    def __init__(
+        self,
+        dataset: Sized,
+        prompts_per_step: int,
+        num_replicas: int,
+        rank: int,
+        shuffle: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if prompts_per_step < 1:
+            raise ValueError(f"prompts_per_step must be >= 1, got {prompts_per_step}")
+        if num_replicas < 1:
+            raise ValueError(f"num_replicas must be >= 1, got {num_replicas}")
+        if prompts_per_step % num_replicas != 0:
+            raise ValueError(
+                f"prompts_per_step={prompts_per_step} must be divisible by the world size "
+                f"({num_replicas}) so every process gets the same number of prompts per step"
+            )
+        if len(dataset) == 0:
+            raise ValueError("cannot sample from an empty prompt dataset")
+        # Explicit num_replicas/rank: the parent never touches torch.distributed.
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        self.prompts_per_step = prompts_per_step
+        self.prompts_per_step_local = prompts_per_step // num_replicas
+        self.num_steps = math.ceil(len(dataset) / prompts_per_step)
+        # Keep the parent's bookkeeping attributes consistent with what we yield.
+        self.total_size = self.num_steps * prompts_per_step
+        self.num_samples = self.num_steps * self.prompts_per_step_local
+
+    def _epoch_order(self) -> torch.Tensor:
+        """Global order of ``total_size`` prompt indices for the current epoch."""
+        n = len(self.dataset)
+        repeats = math.ceil(self.total_size / n)
+        if self.shuffle:
+            generator = torch.Generator()
+            generator.manual_seed(self.seed + self.epoch)
+            pieces = [torch.randperm(n, generator=generator) for _ in range(repeats)]
+        else:
+            pieces = [torch.arange(n)] * repeats
+        return torch.cat(pieces)[: self.total_size]
+
+    def __iter__(self) -> Iterator[int]:
+        steps = self._epoch_order().view(self.num_steps, self.prompts_per_step)
+        start = self.rank * self.prompts_per_step_local
+        local = steps[:, start : start + self.prompts_per_step_local]
+        return iter(local.reshape(-1).tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def collate_groups(records: list[dict[str, Any]], group_size: int) -> dict[str, Any]:
+    """Repeat each prompt record ``group_size`` times, contiguously.
+
+    Sample ``g * group_size + k`` is the ``k``-th draw of prompt ``g``; ``group_index``
+    carries ``g`` so group-relative advantages can be computed with a reshape or a
+    scatter. ``metadata`` is the record minus ``"prompt"`` (and ``"_index"``), copied
+    per sample so a consumer mutating one sample's metadata cannot affect another.
+    ``prompt_index`` (dataset indices) is present when the records came from a
+    :class:`PromptDataset`.
+    """
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    has_index = [_INDEX_KEY in r for r in records]
+    if any(has_index) and not all(has_index):
+        raise ValueError(f"either all records or none must carry {_INDEX_KEY!r}")
+
+    prompts: list[str] = []
+    metadata: list[dict[str, Any]] = []
+    for record in records:
+        meta = {k: v for k, v in record.items() if k not in ("prompt", _INDEX_KEY)}
+        prompts.extend([record["prompt"]] * group_size)
+        metadata.extend(copy.deepcopy(meta) for _ in range(group_size))
+
+    batch: dict[str, Any] = {
+        "prompts": prompts,
+        "metadata": metadata,
+        "group_index": torch.arange(len(records), dtype=torch.long).repeat_interleave(group_size),
+    }
+    if records and all(has_index):
+        indices = torch.tensor([r[_INDEX_KEY] for r in records], dtype=torch.long)
+        batch["prompt_index"] = indices.repeat_interleave(group_size)
+    return batch
+
+
+class PromptDataModule(lightning.LightningDataModule):
+    """Prompt sets for RL post-training: one training batch is one RL step.
+
+    Each training batch holds this process's share of the step's prompts
+    (``prompts_per_step / world_size``), each repeated ``group_size`` times.
+
+    Args:
+        train_prompts: Training prompt file: ``.txt`` (one prompt a line, ``#``
+            comments), ``.jsonl`` (objects with a ``"prompt"`` key plus metadata) or
+            ``.json`` (an array of prompts or such objects).
+        val_prompts: Optional validation prompt file, same formats; validation is
+            skipped when it is not given.
+        prompts_per_step: Distinct prompts per RL step across all processes; must be
+            divisible by the number of processes.
+        group_size: Samples generated per prompt in a step (the GRPO group size).
+        val_batch_size: Validation prompts per batch (each sampled once).
+        shuffle: Shuffle the training prompts every epoch.
+        seed: Seed of the per-epoch prompt permutation (combined with the epoch).
+        num_workers: DataLoader worker processes.
+    """
+
+    def __init__(
+        self,
+        train_prompts: str,
+        val_prompts: str | None = None,
+        prompts_per_step: int = 48,
+        group_size: int = 24,
+        val_batch_size: int = 8,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, value, minimum in (
+            ("prompts_per_step", prompts_per_step, 1),
+            ("group_size", group_size, 1),
+            ("val_batch_size", val_batch_size, 1),
+            ("num_workers", num_workers, 0),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        self.save_hyperparameters()
+        self.train_prompts = train_prompts
+        self.val_prompts = val_prompts
+        self.prompts_per_step = prompts_per_step
+        self.group_size = group_size
+        self.val_batch_size = val_batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.num_workers = num_workers
+        # Load now so a bad prompt file fails before any model is built.
+        self.train_records = load_prompts(train_prompts)
+        self.val_records = load_prompts(val_prompts) if val_prompts is not None else None
+        self.world_size: int | None = None
+        self.rank: int | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        """Take the world size and rank from the trainer (1 and 0 without one)."""
+        trainer = self.trainer
+        world_size = trainer.world_size if trainer is not None else 1
+        rank = trainer.global_rank if trainer is not None else 0
+        if self.prompts_per_step % world_size != 0:
+            raise ValueError(
+                f"prompts_per_step={self.prompts_per_step} must be divisible by the world size "
+                f"({world_size}) so every process gets the same number of prompts per step"
+            )
+        self.world_size, self.rank = world_size, rank
+
+    @property
+    def prompts_per_step_local(self) -> int:
+        """Prompts this process handles per RL step (after ``setup``)."""
+        if self.world_size is None:
+            raise RuntimeError("PromptDataModule.setup() has not been called yet")
+        return self.prompts_per_step // self.world_size
+
+    @property
+    def samples_per_step_local(self) -> int:
+        """Samples (prompts x group size) this process generates per RL step (after ``setup``)."""
+        return self.prompts_per_step_local * self.group_size
+
+    def train_dataloader(self) -> DataLoader:
+        if self.world_size is None or self.rank is None:
+            raise RuntimeError("PromptDataModule.setup() has not been called yet")
+        sampler = GroupedPromptSampler(
+            PromptDataset(self.train_records),
+            prompts_per_step=self.prompts_per_step,
+            num_replicas=self.world_size,
+            rank=self.rank,
+            shuffle=self.shuffle,
+            seed=self.seed,
+        )
+        return DataLoader(
+            sampler.dataset,
+            batch_size=self.prompts_per_step_local,
+            sampler=sampler,
+            collate_fn=functools.partial(collate_groups, group_size=self.group_size),
+            num_workers=self.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_records is None:
+            return []
+        return DataLoader(
+            PromptDataset(self.val_records),
+            batch_size=self.val_batch_size,
+            shuffle=False,
+            collate_fn=functools.partial(collate_groups, group_size=1),
+            num_workers=self.num_workers,
+        )

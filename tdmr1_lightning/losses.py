@@ -1,0 +1,239 @@
+"""The TDM-R1 losses as pure functions of tensors (algorithm.md, sections 4.3 and 5).
+
+Every function takes predictions that were already computed by the networks, so each can be
+tested on small tensors. Shapes: a batch is ``(N, ...)``; per-sample quantities are ``(N,)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def _per_sample_mean(x: Tensor) -> Tensor:
+    return x.flatten(1).mean(1)
+
+
+def shifted_mse(x: Tensor, direction: Tensor) -> Tensor:
+    """Per-sample ``mean || x - sg(x + d) ||^2``: its gradient moves ``x`` along ``d`` (``-2 d / numel``)."""
+    x = x.float()
+    return _per_sample_mean((x - (x + direction.float()).detach()) ** 2)
+
+
+# --------------------------------------------------------------------------------------------
+# Advantages (section 4.3)
+# --------------------------------------------------------------------------------------------
+
+
+def reward_std(rewards: Tensor, valid: Tensor) -> Tensor:
+    """Standard deviation of the valid rewards (pass rewards gathered from all processes)."""
+    r = rewards[valid.bool()].double()
+    if r.numel() < 2:
+        return torch.zeros((), dtype=rewards.dtype, device=rewards.device)
+    return r.std(unbiased=False).to(rewards.dtype)
+
+
+def group_advantages(
+    rewards: Tensor,
+    valid: Tensor,
+    group_index: Tensor,
+    std: Tensor | None = None,
+    clip: float = 5.0,
+    eps: float = 1e-4,
+    binarize: bool = False,
+) -> Tensor:
+    """GRPO advantages ``A_i = clip((r_i - mean_group r) / (std + eps), -clip, clip)``.
+
+    Args:
+        rewards: ``(N,)`` scores.
+        valid: ``(N,)`` bool; invalid samples (a failed reward) get advantage 0 and are left out of
+            group means and of the std.
+        group_index: ``(N,)`` integers, equal for samples of one prompt group.
+        std: the scale, usually :func:`reward_std` over the rewards of all processes (the paper's
+            global std); ``None`` uses each group's own std.
+        clip: the advantage clip.
+        eps: added to the std.
+        binarize: use ``sign(A) - mean(sign(A))`` (for like / dislike rewards); the mean is over the
+            valid samples given.
+    """
+    valid = valid.bool()
+    r = torch.where(valid, rewards.double(), torch.zeros_like(rewards, dtype=torch.float64))
+    _, group = torch.unique(group_index, return_inverse=True)
+    n_groups = int(group.max()) + 1 if group.numel() else 0
+    count = torch.zeros(n_groups, dtype=torch.float64, device=r.device).index_add_(0, group, valid.double())
+    total = torch.zeros_like(count).index_add_(0, group, r)
+    mean = total / count.clamp_min(1)
+    centred = r - mean[group]
+    if std is None:
+        sq = torch.zeros_like(count).index_add_(0, group, torch.where(valid, centred**2, 0.0))
+        scale = (sq / count.clamp_min(1)).sqrt()[group]
+    else:
+        scale = torch.as_tensor(std, dtype=torch.float64, device=r.device)
+    adv = (centred / (scale + eps)).clamp(-clip, clip)
+    adv = torch.where(valid, adv, torch.zeros_like(adv))
+    if binarize:
+        sign = torch.sign(adv)
+        adv = torch.where(valid, sign - sign[valid].mean() if valid.any() else sign, torch.zeros_like(sign))
+    return adv.to(rewards.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# 5.1 Fake score
+# --------------------------------------------------------------------------------------------
+
+
+def fake_score_loss(
+    v_fake: Tensor, x_s: Tensor, x0_hat: Tensor, s: float, v_teacher: Tensor, teacher_weight: float = 0.02
+) -> Tensor:
+    """``|| (x_s - x0_hat) / s - F ||^2 + teacher_weight * || sg(T) - F ||^2`` (mean over the batch).
+
+    ``(x_s - x0_hat) / s`` is the velocity whose clean point is the generator's ``x0_hat``.
+    """
+    target = ((x_s - x0_hat) / s).detach().float()
+    v_fake = v_fake.float()
+    dsm = _per_sample_mean((target - v_fake) ** 2)
+    anchor = _per_sample_mean((v_teacher.detach().float() - v_fake) ** 2)
+    return (dsm + teacher_weight * anchor).mean()
+
+
+# --------------------------------------------------------------------------------------------
+# 5.2 Surrogate reward (DGPO)
+# --------------------------------------------------------------------------------------------
+
+
+def surrogate_target_velocity(x_s: Tensor, xi: Tensor, s: float, b: float) -> Tensor:
+    """``v* = ((s / b) xi - x_s) / (1 - s)``: the forward kernel's conditional score as a velocity."""
+    return ((s / b) * xi - x_s) / (1 - s)
+
+
+@dataclass
+class SurrogateLossOutput:
+    """The DGPO loss and what it logs."""
+
+    loss: Tensor
+    """The scalar to backpropagate into the surrogate."""
+    l: Tensor
+    """``(N,)`` per-sample denoising losses of the surrogate (before any detaching)."""
+    l_ref: Tensor
+    """``(N,)`` per-sample losses of the reference."""
+    implied_reward: Tensor
+    """``(N,)`` ``beta * (l_ref - l)``, the surrogate's implied reward of each sample."""
+    group_weight: Tensor
+    """``(N,)`` ``w_g`` of each sample's group."""
+    ppo_clipped: Tensor
+    """``(N,)`` bool, samples detached by the PPO clip."""
+    trust_clipped: Tensor
+    """``(N,)`` bool, samples detached by the trust clip."""
+    kl: Tensor
+    """Scalar ``mean || v_R - v_T ||^2``."""
+
+
+def surrogate_loss(
+    v_surrogate: Tensor,
+    v_reference: Tensor,
+    v_old: Tensor,
+    v_teacher: Tensor,
+    v_target: Tensor,
+    advantages: Tensor,
+    group_index: Tensor,
+    beta: float,
+    clip_range: float = 1e-3,
+    trust_threshold: float = 0.05,
+    lambda_kl: float = 1e-3,
+    step_weight: float = 1.0,
+) -> SurrogateLossOutput:
+    """DGPO: the advantage-weighted denoising loss of the surrogate with both clips and the group weight.
+
+    ``L_R = step_weight * [ mean_i(w_g(i) A_i l_i) + lambda_kl * mean || v_R - sg(v_T) ||^2 ]`` with
+    ``l_i = mean || v* - v_R ||^2``; ``step_weight`` is ``(j' + 1) / K``. The batch must hold whole groups
+    (``group_index``): ``S_g`` sums over a group's members and divides by their count ``G``.
+    """
+    v_r = v_surrogate.float()
+    v_target = v_target.detach().float()
+    adv = advantages.detach().float()
+    l = _per_sample_mean((v_target - v_r) ** 2)
+    with torch.no_grad():
+        l_ref = _per_sample_mean((v_target - v_reference.float()) ** 2)
+        l_old = _per_sample_mean((v_target - v_old.float()) ** 2)
+        rho = torch.exp(l_old - l)
+        ppo = ((adv > 0) & (rho > 1 + clip_range)) | ((adv < 0) & (rho < 1 - clip_range))
+        kl_value = _per_sample_mean((v_r - v_teacher.float()) ** 2).mean()
+        ref_ratio = torch.exp(l_ref - l)
+        moved = ((adv > 0) & (ref_ratio > 1)) | ((adv < 0) & (ref_ratio < 1))
+        trust = moved & (kl_value > trust_threshold)
+        _, group = torch.unique(group_index, return_inverse=True)
+        size = torch.bincount(group).to(l.dtype)
+        score = torch.zeros_like(size).index_add_(0, group, adv * beta * (l - l_ref)) / size
+        weight = torch.sigmoid(score)[group]
+    l_used = torch.where(ppo | trust, l.detach(), l)
+    kl = _per_sample_mean((v_r - v_teacher.detach().float()) ** 2).mean()
+    loss = step_weight * ((weight * adv * l_used).mean() + lambda_kl * kl)
+    return SurrogateLossOutput(
+        loss=loss,
+        l=l.detach(),
+        l_ref=l_ref,
+        implied_reward=beta * (l_ref - l.detach()),
+        group_weight=weight,
+        ppo_clipped=ppo,
+        trust_clipped=trust & ~ppo,
+        kl=kl.detach(),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# 5.3 Generator
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GeneratorLossOutput:
+    """The generator loss and its terms (each already weighted and averaged over the batch)."""
+
+    loss: Tensor
+    guidance: Tensor
+    reward: Tensor
+    kl: Tensor
+
+
+def generator_loss(
+    x0_hat: Tensor,
+    teacher_cond: Tensor,
+    teacher_uncond: Tensor,
+    fake: Tensor,
+    guidance_scale: float,
+    surrogate: Tensor | None = None,
+    surrogate_base: Tensor | None = None,
+    cfg_weight: float = 0.3,
+    reward_weight: float = 0.7,
+    other_scale: float = 1.0,
+    norm_eps: float = 1e-6,
+) -> GeneratorLossOutput:
+    """TDM-R1's generator loss; every input but ``x0_hat`` is a no-grad x0 prediction.
+
+    ``L_G = cfg_weight * ||x0_hat - sg(x0_hat + (w-1)(Tc - Tu))||^2 / wf``
+    ``    + reward_weight * ||x0_hat - sg(x0_hat + Phi - B)||^2 / wr``
+    ``    + ||x0_hat - sg(x0_hat + Tc - Fk)||^2 / wf``
+
+    with per-sample detached normalisers ``wf = mean |x0_hat - Tw|`` (``Tw`` the guided teacher) and
+    ``wr = mean |x0_hat - Phi|``. Without ``surrogate`` (plain TDM, or ``j >= trunc_steps``) the reward
+    term is left out; ``other_scale`` multiplies the guidance and KL terms (0.3 for ``j >= trunc_steps``
+    in the reference).
+    """
+    x = x0_hat.float()
+    tc, tu, fk = teacher_cond.float(), teacher_uncond.float(), fake.float()
+    with torch.no_grad():
+        guided = tu + guidance_scale * (tc - tu)
+        wf = _per_sample_mean((x - guided).abs()).clamp_min(norm_eps)
+    guidance = cfg_weight * other_scale * (shifted_mse(x, (guidance_scale - 1) * (tc - tu)) / wf).mean()
+    kl = other_scale * (shifted_mse(x, tc - fk) / wf).mean()
+    reward = torch.zeros((), device=x.device)
+    if surrogate is not None:
+        if surrogate_base is None:
+            raise ValueError("generator_loss: `surrogate_base` (the teacher at the surrogate's point) is required")
+        phi, base = surrogate.float(), surrogate_base.float()
+        with torch.no_grad():
+            wr = _per_sample_mean((x - phi).abs()).clamp_min(norm_eps)
+        reward = reward_weight * (shifted_mse(x, phi - base) / wr).mean()
+    return GeneratorLossOutput(loss=guidance + reward + kl, guidance=guidance.detach(), reward=reward.detach(), kl=kl.detach())

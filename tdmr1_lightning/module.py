@@ -1,0 +1,467 @@
+"""``TDMR1Module``: TDM-R1 (and plain TDM distillation) as a LightningModule with manual optimization.
+
+One training batch of the data module is one TDM-R1 epoch of algorithm.md, section 4 (here called a
+*step*): roll out the prompts' groups with the current generator, score them, compute advantages,
+then accumulate the fake-score, surrogate and generator losses over micro-batches and step the
+critic, then the generator. ``trainer.global_step`` counts generator updates, so ``max_steps``,
+logging and checkpoint intervals count what a user expects.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor
+
+from . import losses
+from .backbones.base import (
+    FAKE,
+    GENERATOR,
+    GENERATOR_EMA,
+    SURROGATE,
+    SURROGATE_OLD,
+    SURROGATE_REF,
+    TEACHER,
+    Condition,
+    RectifiedFlowBackbone,
+)
+from .reward import Reward
+from .sampler import sample_trajectory
+from .schedule import (
+    check_schedule, euler_step, forward_kernel, inverse_time_shift, renoise, sample_level, step_boundaries,
+    x0_from_velocity,
+)
+
+
+def _adamw(lr: float, betas: tuple[float, float], weight_decay: float = 1e-4) -> OptimizerCallable:
+    return lambda params: torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after too many consecutive training steps with a non-finite loss."""
+
+
+class TDMR1Module(L.LightningModule):
+    """TDM-R1: reinforcement learning of a few-step generator from a black-box reward (or TDM without one).
+
+    Args:
+        backbone: The model family and its roles (generator, teacher, fake score, surrogate reward).
+        reward: The black-box reward; ``None`` trains plain TDM distillation (no surrogate).
+        generator_optimizer: Optimizer of the generator's parameters.
+        critic_optimizer: Optimizer of the fake score and the surrogate (two parameter groups).
+        fake_param_group: Per-group settings of the fake score (override the critic optimizer's).
+        surrogate_param_group: Per-group settings of the surrogate reward.
+        num_steps: K, the generator's sampling steps.
+        shift: k, the time shift of the step boundaries and of the loss levels.
+        guidance_scale: w, the teacher's classifier-free guidance in the generator loss.
+        rl_guidance_scale: Guidance of the surrogate over the teacher in the reward term (rl_cfg).
+        beta: DGPO's beta: the surrogate's implied reward is ``beta * (l_ref - l)``.
+        s_min_gen: Lowest level of the surrogate's query point in the generator loss.
+        s_min_reward: Lowest level of the surrogate's training points.
+        trunc_steps: The reward term applies to boundaries ``j < trunc_steps``.
+        late_step_scale: Scale of the guidance and KL terms at ``j >= trunc_steps`` (with a reward).
+        cfg_weight: Weight of the guidance term (tdm_weight).
+        reward_weight: Weight of the surrogate-reward term.
+        fake_teacher_weight: Weight of the fake score's pull towards the teacher.
+        level_margin: Margin added to ``S^-1(s_{j+1})`` when drawing the query levels (5.1).
+        clip_range: PPO clip range of the surrogate loss.
+        trust_threshold: The trust clip acts when ``mean ||v_R - v_T||^2`` exceeds this.
+        lambda_kl: Weight of the surrogate's pull towards the teacher.
+        reference: Reference of the surrogate's implied reward: the frozen ``teacher`` or an ``ema`` of the surrogate.
+        reference_ema_decay: Decay of the EMA reference (with ``reference: ema``).
+        advantage_clip: Clip of the advantages.
+        advantage_std: ``global``: divide by the std of all rewards of the step (all processes); ``group``: per group.
+        binarize_advantages: Use ``sign(A) - mean(sign(A))`` (like / dislike rewards).
+        boundaries_per_batch: M, boundaries drawn per micro-batch (shared by all processes).
+        micro_batch_size: Samples per micro-batch per process; must hold whole groups.
+        rollout_batch_size: Samples per rollout / decoding chunk (default: ``micro_batch_size``).
+        updates_per_step: Optimizer updates per step (the step's micro-batches are split between them).
+        gradient_clip: Gradient-norm clip of each optimizer (0 disables it).
+        generator_ema_max_decay: Cap of the generator EMA decay ``min((1 + n) / (10 + n), cap)``.
+        max_nonfinite_steps: Stop with an error after this many consecutive steps with a non-finite loss.
+        log_images_every_n_steps: Log a grid of rollout images every this many steps (0: never).
+        seed: Seed of the sampling noise and the drawn levels (independent of the global seed, so resuming repeats them).
+    """
+
+    def __init__(
+        self,
+        backbone: RectifiedFlowBackbone,
+        reward: Reward | None = None,
+        generator_optimizer: OptimizerCallable = _adamw(7.5e-5, (0.0, 0.999)),
+        critic_optimizer: OptimizerCallable = _adamw(3e-4, (0.0, 0.999)),
+        fake_param_group: dict[str, Any] | None = None,
+        surrogate_param_group: dict[str, Any] | None = None,
+        num_steps: int = 4,
+        shift: float = 3.0,
+        guidance_scale: float = 4.5,
+        rl_guidance_scale: float = 4.5,
+        beta: float = 10.0,
+        s_min_gen: float = 0.3,
+        s_min_reward: float = 0.3,
+        trunc_steps: int = 4,
+        late_step_scale: float = 0.3,
+        cfg_weight: float = 0.3,
+        reward_weight: float = 0.7,
+        fake_teacher_weight: float = 0.02,
+        level_margin: float = 0.02,
+        clip_range: float = 1e-3,
+        trust_threshold: float = 0.05,
+        lambda_kl: float = 1e-3,
+        reference: Literal["teacher", "ema"] = "teacher",
+        reference_ema_decay: float = 0.95,
+        advantage_clip: float = 5.0,
+        advantage_std: Literal["global", "group"] = "global",
+        binarize_advantages: bool = False,
+        boundaries_per_batch: int = 2,
+        micro_batch_size: int = 24,
+        rollout_batch_size: int | None = None,
+        updates_per_step: int = 1,
+        gradient_clip: float = 1.0,
+        generator_ema_max_decay: float = 0.9,
+        max_nonfinite_steps: int = 3,
+        log_images_every_n_steps: int = 50,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        check_schedule(num_steps, shift)
+        for name, value in (("s_min_gen", s_min_gen), ("s_min_reward", s_min_reward)):
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        for name, value in (
+            ("micro_batch_size", micro_batch_size), ("updates_per_step", updates_per_step),
+            ("max_nonfinite_steps", max_nonfinite_steps),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if not 1 <= boundaries_per_batch <= num_steps:
+            raise ValueError(f"boundaries_per_batch (M) must be in [1, num_steps={num_steps}], got {boundaries_per_batch}")
+        self.save_hyperparameters(ignore=["backbone", "reward", "generator_optimizer", "critic_optimizer"])
+        self.automatic_optimization = False
+        self.strict_loading = False  # checkpoints hold the roles only, not the frozen base
+        self.backbone = backbone
+        self.reward = reward
+        self.generator_optimizer = generator_optimizer
+        self.critic_optimizer = critic_optimizer
+        self.fake_param_group = dict(fake_param_group or {"lr": 3e-4, "betas": (0.0, 0.999)})
+        self.surrogate_param_group = dict(surrogate_param_group or {"lr": 3e-4, "betas": (0.9, 0.999)})
+        self.boundaries = step_boundaries(num_steps, shift)
+        self.rollout_batch_size = rollout_batch_size or micro_batch_size
+        self._nonfinite_in_a_row = 0
+        self._built = False
+
+    # ------------------------------------------------------------------------------------------
+    # Set-up
+    # ------------------------------------------------------------------------------------------
+
+    @property
+    def roles(self) -> list[str]:
+        roles = [GENERATOR, FAKE, GENERATOR_EMA]
+        if self.reward is not None:
+            roles += [SURROGATE, SURROGATE_OLD] + ([SURROGATE_REF] if self.hparams.reference == "ema" else [])
+        return roles
+
+    def setup(self, stage: str) -> None:
+        # Runs before configure_model: bad batch geometry fails before any weights load.
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        group_size = getattr(datamodule, "group_size", None)
+        if stage == "fit" and group_size is not None:
+            mbs = self.hparams.micro_batch_size
+            if mbs % group_size:
+                raise ValueError(
+                    f"model.micro_batch_size={mbs} does not hold whole groups of data.group_size={group_size}: "
+                    f"use a multiple of {group_size}"
+                )
+            local = getattr(datamodule, "samples_per_step_local", None)
+            if local is not None and local % mbs:
+                raise ValueError(
+                    f"a step's {local} samples per process (data.prompts_per_step / world size x data.group_size) "
+                    f"do not split into micro-batches of model.micro_batch_size={mbs}"
+                )
+
+    def configure_model(self) -> None:
+        if self._built:
+            return
+        self.backbone.build(self.roles)
+        self._built = True
+
+    def configure_optimizers(self):
+        roles = self.backbone.roles
+        generator = self.generator_optimizer(roles.parameters_of(GENERATOR))
+        groups = [{"params": roles.parameters_of(FAKE), **self.fake_param_group}]
+        if self.reward is not None:
+            groups.append({"params": roles.parameters_of(SURROGATE), **self.surrogate_param_group})
+        return [generator, self.critic_optimizer(groups)]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        prefix = "backbone."
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items()
+            if not k.startswith(prefix) or self.backbone.is_role_state(k[len(prefix):])
+        }
+
+    # ------------------------------------------------------------------------------------------
+    # Sampling
+    # ------------------------------------------------------------------------------------------
+
+    def _noise_generator(self, step: int, salt: int = 0) -> torch.Generator:
+        rank = self.global_rank if self._trainer is not None else 0
+        seed = hash((self.hparams.seed, rank, step, salt)) % (2**62)
+        return torch.Generator(self.device).manual_seed(seed)
+
+    @torch.no_grad()
+    def rollout(self, cond: Condition, role: str = GENERATOR, generator: torch.Generator | None = None) -> Tensor:
+        """K-step trajectories ``(K + 1, N, C, h, w)`` of ``role`` for the conditions ``cond``."""
+        n = len(cond)
+        noise = torch.randn((n, *self.backbone.latent_shape), generator=generator, device=self.device)
+        chunks = []
+        for start in range(0, n, self.rollout_batch_size):
+            sl = slice(start, start + self.rollout_batch_size)
+            c = cond[sl]
+            chunks.append(sample_trajectory(lambda x, s: self.backbone.velocity(role, x, s, c), noise[sl], self.boundaries))
+        return torch.cat(chunks, dim=1)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], role: str = GENERATOR_EMA, seed: int = 0) -> Tensor:
+        """``uint8`` images of ``prompts`` from ``role`` (the generator EMA by default) at K steps."""
+        trajectory = self.rollout(self.backbone.encode_prompts(prompts), role, torch.Generator(self.device).manual_seed(seed))
+        return self.decode(trajectory[-1])
+
+    def decode(self, latents: Tensor) -> Tensor:
+        return torch.cat([self.backbone.decode(latents[i : i + self.rollout_batch_size]) for i in range(0, len(latents), self.rollout_batch_size)])
+
+    # ------------------------------------------------------------------------------------------
+    # Training
+    # ------------------------------------------------------------------------------------------
+
+    def _score(self, images: Tensor, prompts: list[str], metadata: list[dict]) -> tuple[Tensor, Tensor]:
+        out = self.reward(images, prompts, metadata)
+        return out.scores.to(self.device), out.valid.to(self.device)
+
+    def _advantages(self, rewards: Tensor, valid: Tensor, group_index: Tensor) -> Tensor:
+        hp = self.hparams
+        std = None
+        if hp.advantage_std == "global":
+            all_rewards = self.all_gather(rewards).reshape(-1)
+            all_valid = self.all_gather(valid).reshape(-1)
+            std = losses.reward_std(all_rewards, all_valid)
+        return losses.group_advantages(rewards, valid, group_index, std, hp.advantage_clip, binarize=hp.binarize_advantages)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        hp = self.hparams
+        opt_g, opt_c = self.optimizers()
+        # global_step counts optimizer steps; the critic's must not count so that it equals generator updates.
+        opt_c._on_before_step = opt_c._on_after_step = lambda: None
+        step = self.global_step
+        prompts, metadata, group = batch["prompts"], batch["metadata"], batch["group_index"].to(self.device)
+        n = len(prompts)
+        cond = self.backbone.encode_prompts(prompts)
+        trajectory = self.rollout(cond, GENERATOR, self._noise_generator(step))
+        metrics: dict[str, Tensor] = {}
+        if self.reward is not None:
+            images = self.decode(trajectory[-1])
+            rewards, valid = self._score(images, prompts, metadata)
+            advantages = self._advantages(rewards, valid, group)
+            metrics.update(self._reward_metrics(rewards, valid, advantages))
+            if hp.log_images_every_n_steps and step % hp.log_images_every_n_steps == 0:
+                self._log_images("train/rollouts", images)
+        else:
+            advantages = torch.zeros(n, device=self.device)
+
+        mbs = hp.micro_batch_size
+        micro_batches = [slice(i, i + mbs) for i in range(0, n, mbs)]
+        updates = [micro_batches[u::hp.updates_per_step] for u in range(hp.updates_per_step)]
+        levels = torch.Generator().manual_seed(hash((hp.seed, step, -1)) % (2**62))  # same on every process
+        noise = self._noise_generator(step, salt=1)
+        sums: dict[str, list[Tensor]] = {}
+        for update in updates:
+            if not update:
+                continue
+            scale = 1.0 / (len(update) * hp.boundaries_per_batch)
+            for mb in update:
+                js = torch.randperm(hp.num_steps, generator=levels)[: hp.boundaries_per_batch].tolist()
+                for j in js:
+                    j_reward = int(torch.multinomial(torch.arange(1, hp.num_steps + 1, dtype=torch.float), 1, generator=levels))
+                    out = self._losses(trajectory[:, mb], cond[mb], advantages[mb], group[mb], j, j_reward, levels, noise, scale)
+                    if out is None:
+                        return self._skip_step(opt_g, opt_c)
+                    for k, v in out.items():
+                        sums.setdefault(k, []).append(v)
+            metrics["grad_norm/critic"] = self._clip_and_step(opt_c)
+            metrics["grad_norm/generator"] = self._clip_and_step(opt_g)
+            self._update_emas()
+        self._nonfinite_in_a_row = 0
+        metrics.update({k: torch.stack(v).mean() for k, v in sums.items()})
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=n)
+        self.log("step", float(self.global_step), on_step=True, prog_bar=False, batch_size=n)
+
+    def _losses(
+        self, trajectory: Tensor, cond: Condition, advantages: Tensor, group: Tensor, j: int, j_reward: int,
+        levels: torch.Generator, noise: torch.Generator, scale: float,
+    ) -> dict[str, Tensor] | None:
+        """Fake, surrogate and generator losses at boundary ``j`` (surrogate at ``j_reward``), each backpropagated.
+
+        Returns the detached values to log, or ``None`` when a loss is not finite (nothing was stepped).
+        """
+        hp, bb, s_ = self.hparams, self.backbone, self.boundaries
+        k = hp.shift
+        x_j = trajectory[j]
+        randn = lambda x: torch.randn(x.shape, generator=noise, device=x.device, dtype=x.dtype)  # noqa: E731
+        _, group_local = torch.unique(group, return_inverse=True)
+        n_groups = int(group_local.max()) + 1
+        group_noise = lambda x: torch.randn((n_groups, *x.shape[1:]), generator=noise, device=x.device, dtype=x.dtype)[group_local]  # noqa: E731
+        logs: dict[str, Tensor] = {}
+
+        # The generator's step with grad: x0_hat feeds the generator loss, x_next (detached) the critics.
+        v = bb.velocity(GENERATOR, x_j, s_[j], cond)
+        x0_hat = x0_from_velocity(x_j, s_[j], v)
+        x_next = euler_step(x_j, s_[j], s_[j + 1], v).detach()
+        u_lo = float(inverse_time_shift(s_[j + 1], k)) + hp.level_margin
+
+        # 5.1 fake score
+        s = sample_level(u_lo, k, levels)
+        x_s = renoise(x_next, s_[j + 1], s, randn(x_next))
+        with torch.no_grad():
+            v_teacher = bb.velocity(TEACHER, x_s, s, cond)
+        loss_fake = losses.fake_score_loss(bb.velocity(FAKE, x_s, s, cond), x_s, x0_hat.detach(), s, v_teacher, hp.fake_teacher_weight)
+        if not self._backward(loss_fake * scale, "fake"):
+            return None
+        logs["loss/fake"] = loss_fake.detach()
+
+        # 5.2 surrogate reward (DGPO)
+        if self.reward is not None:
+            s_n = s_[j_reward + 1]
+            x_n = trajectory[j_reward + 1]
+            s = min(sample_level(float(inverse_time_shift(max(s_n, hp.s_min_reward), k)), k, levels), 0.999)
+            a, b = (float(c) for c in forward_kernel(s_n, s))
+            xi = group_noise(x_n)
+            x_s = a * x_n + max(b, 1e-4) * xi
+            v_target = losses.surrogate_target_velocity(x_s, xi, s, max(b, 1e-4))
+            with torch.no_grad():
+                v_teacher = bb.velocity(TEACHER, x_s, s, cond)
+                v_old = bb.velocity(SURROGATE_OLD, x_s, s, cond)
+                v_ref = bb.velocity(SURROGATE_REF, x_s, s, cond) if hp.reference == "ema" else v_teacher
+            out = losses.surrogate_loss(
+                bb.velocity(SURROGATE, x_s, s, cond), v_ref, v_old, v_teacher, v_target, advantages, group,
+                hp.beta, hp.clip_range, hp.trust_threshold, hp.lambda_kl, (j_reward + 1) / hp.num_steps,
+            )
+            if not self._backward(out.loss * scale, "surrogate"):
+                return None
+            pos, neg = advantages > 0, advantages < 0
+            logs.update({
+                "loss/surrogate": out.loss.detach(),
+                "surrogate/kl": out.kl,
+                "surrogate/ppo_clip_fraction": out.ppo_clipped.float().mean(),
+                "surrogate/trust_clip_fraction": out.trust_clipped.float().mean(),
+                "surrogate/group_weight": out.group_weight.mean(),
+            })
+            if pos.any() and neg.any():
+                logs["surrogate/implied_reward_gap"] = out.implied_reward[pos].mean() - out.implied_reward[neg].mean()
+
+        # 5.3 generator
+        with torch.no_grad():
+            s = sample_level(u_lo, k, levels)
+            x_s = renoise(x_next, s_[j + 1], s, randn(x_next))
+            fake = x0_from_velocity(x_s, s, bb.velocity(FAKE, x_s, s, cond))
+            vc, vu = bb.velocity_cond_uncond(TEACHER, x_s, s, cond)
+            t_cond, t_uncond = x0_from_velocity(x_s, s, vc), x0_from_velocity(x_s, s, vu)
+            phi = base = None
+            with_reward = self.reward is not None and j < hp.trunc_steps
+            if with_reward:
+                s2 = sample_level(float(inverse_time_shift(max(s_[j + 1], hp.s_min_gen), k)), k, levels)
+                x_s2 = renoise(x_next, s_[j + 1], s2, group_noise(x_next))
+                base = x0_from_velocity(x_s2, s2, bb.velocity(TEACHER, x_s2, s2, cond))
+                surrogate = x0_from_velocity(x_s2, s2, bb.velocity(SURROGATE, x_s2, s2, cond))
+                phi = base + hp.rl_guidance_scale * (surrogate - base)
+        out_g = losses.generator_loss(
+            x0_hat, t_cond, t_uncond, fake, hp.guidance_scale, phi, base, hp.cfg_weight, hp.reward_weight,
+            other_scale=hp.late_step_scale if self.reward is not None and j >= hp.trunc_steps else 1.0,
+        )
+        if not self._backward(out_g.loss * scale, "generator"):
+            return None
+        logs.update({
+            "loss/generator": out_g.loss.detach(), "generator/guidance_term": out_g.guidance,
+            "generator/kl_term": out_g.kl,
+        })
+        if with_reward:
+            logs["generator/reward_term"] = out_g.reward
+        return logs
+
+    def _backward(self, loss: Tensor, name: str) -> bool:
+        if not torch.isfinite(loss):
+            self._nonfinite_in_a_row += 1
+            if self._nonfinite_in_a_row >= self.hparams.max_nonfinite_steps:
+                raise NonFiniteLossError(
+                    f"the {name} loss was not finite in {self._nonfinite_in_a_row} steps in a row "
+                    f"(model.max_nonfinite_steps={self.hparams.max_nonfinite_steps}); stopping"
+                )
+            warnings.warn(f"step {self.global_step}: non-finite {name} loss; skipping the step", RuntimeWarning)
+            return False
+        self.manual_backward(loss)
+        return True
+
+    def _skip_step(self, *optimizers) -> None:
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+
+    def _clip_and_step(self, optimizer) -> Tensor:
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.float()) for p in params])) if params else torch.zeros(())
+        if self.hparams.gradient_clip > 0:
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.gradient_clip, gradient_clip_algorithm="norm")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return norm.detach()
+
+    def _update_emas(self) -> None:
+        roles, n = self.backbone.roles, self.global_step
+        roles.ema_update_(GENERATOR_EMA, min((1 + n) / (10 + n), self.hparams.generator_ema_max_decay))
+        if self.reward is not None:
+            roles.ema_update_(SURROGATE_OLD, min(0.3, 0.001 + 0.001 * n))
+            if self.hparams.reference == "ema":
+                roles.ema_update_(SURROGATE_REF, self.hparams.reference_ema_decay)
+
+    def _reward_metrics(self, rewards: Tensor, valid: Tensor, advantages: Tensor) -> dict[str, Tensor]:
+        r = rewards[valid]
+        metrics = {"reward/valid_fraction": valid.float().mean()}
+        if r.numel():
+            metrics.update({"reward/mean": r.mean(), "reward/std": r.std(unbiased=False), "reward/min": r.min(), "reward/max": r.max()})
+        a = advantages[valid]
+        if a.numel():
+            metrics.update({
+                "advantage/abs_mean": a.abs().mean(), "advantage/positive_fraction": (a > 0).float().mean(),
+                "advantage/zero_fraction": (a == 0).float().mean(),
+            })
+        return metrics
+
+    def _log_images(self, tag: str, images: Tensor, max_images: int = 16) -> None:
+        experiment = getattr(self.logger, "experiment", None)
+        if experiment is None or not hasattr(experiment, "add_image") or not self.trainer.is_global_zero:
+            return
+        from torchvision.utils import make_grid
+
+        grid = make_grid(images[:max_images].cpu(), nrow=int(math.ceil(math.sqrt(min(len(images), max_images)))))
+        experiment.add_image(tag, grid, self.global_step)
+
+    # ------------------------------------------------------------------------------------------
+    # Evaluation and inference
+    # ------------------------------------------------------------------------------------------
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        images = self.generate(batch["prompts"], GENERATOR_EMA, seed=self.hparams.seed + batch_idx)
+        if batch_idx == 0:
+            self._log_images("val/samples", images)
+        if self.reward is not None:
+            rewards, valid = self._score(images, batch["prompts"], batch["metadata"])
+            if valid.any():
+                self.log("val/reward", rewards[valid].mean(), on_epoch=True, sync_dist=True, batch_size=int(valid.sum()))
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        return self.generate(batch["prompts"], GENERATOR_EMA, seed=self.hparams.seed + batch_idx)

@@ -1,0 +1,95 @@
+"""The reward contract: black-box scores of generated images (nothing here is differentiated).
+
+A reward takes a batch of ``uint8`` images ``(N, 3, H, W)``, the ``N`` prompts and their per-prompt
+metadata, and returns per-sample scores with a validity mask: a sample whose scoring failed is
+masked out of the advantages rather than scored 0 (``../docs/architecture.md``).
+
+Example::
+
+    class Brightness(Reward):
+        def score(self, images, prompts, metadata):
+            return RewardOutput(scores=images.float().mean(dim=(1, 2, 3)) / 255)
+"""
+
+from __future__ import annotations
+
+import warnings
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class RewardOutput:
+    """What a reward returns for ``N`` samples."""
+
+    scores: Tensor
+    """``(N,)`` float scores; higher is better."""
+    valid: Tensor | None = None
+    """``(N,)`` bool, False where scoring failed; ``None`` means all valid."""
+    details: dict[str, Any] = field(default_factory=dict)
+    """Per-sample extras for logging (lists or tensors of length ``N``)."""
+
+
+class Reward(ABC):
+    """Base class of rewards. Subclasses implement :meth:`score`; calling the reward checks the contract.
+
+    The check turns a wrong shape into an error naming the reward, and masks non-finite scores
+    (counted in ``details["non_finite"]``) so they never reach the advantages.
+    """
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    @abstractmethod
+    def score(self, images: Tensor, prompts: list[str], metadata: list[dict]) -> RewardOutput:
+        """Score ``uint8`` images ``(N, 3, H, W)`` generated for ``prompts`` (with ``metadata``)."""
+
+    def __call__(self, images: Tensor, prompts: list[str], metadata: list[dict] | None = None) -> RewardOutput:
+        n = images.shape[0]
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"reward {self.name}: expected uint8 images (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+        if len(prompts) != n:
+            raise ValueError(f"reward {self.name}: {n} images but {len(prompts)} prompts")
+        metadata = metadata if metadata is not None else [{} for _ in range(n)]
+        out = self.score(images, prompts, metadata)
+        scores = torch.as_tensor(out.scores).detach().float().cpu().reshape(-1) if out is not None else None
+        if scores is None or scores.numel() != n:
+            got = "None" if scores is None else tuple(torch.as_tensor(out.scores).shape)
+            raise ValueError(f"reward {self.name}: returned scores of shape {got} for {n} images; expected ({n},)")
+        valid = torch.ones(n, dtype=torch.bool) if out.valid is None else torch.as_tensor(out.valid).bool().cpu().reshape(-1)
+        if valid.numel() != n:
+            raise ValueError(f"reward {self.name}: returned a validity mask of {valid.numel()} entries for {n} images")
+        finite = torch.isfinite(scores)
+        if not finite.all():
+            warnings.warn(f"reward {self.name}: {int((~finite).sum())} non-finite scores masked out", RuntimeWarning)
+        valid = valid & finite
+        return RewardOutput(
+            scores=torch.where(valid, scores, torch.zeros_like(scores)),
+            valid=valid,
+            details={**out.details, "non_finite": int((~finite).sum())},
+        )
+
+
+class JPEGCompressibility(Reward):
+    """Smaller JPEG files score higher: ``-(size in kB)`` at the given quality (a cheap smoke-test reward).
+
+    Args:
+        quality: JPEG quality used to measure the size.
+    """
+
+    def __init__(self, quality: int = 95) -> None:
+        if not 1 <= quality <= 100:
+            raise ValueError(f"quality must be in [1, 100], got {quality}")
+        self.quality = quality
+
+    def score(self, images: Tensor, prompts: list[str], metadata: list[dict]) -> RewardOutput:
+        from torchvision.io import encode_jpeg
+
+        encoded = encode_jpeg(list(images.cpu()), quality=self.quality)
+        sizes = torch.tensor([e.numel() / 1000.0 for e in encoded])
+        return RewardOutput(scores=-sizes, details={"jpeg_kb": sizes.tolist()})
