@@ -1,0 +1,86 @@
+"""Every shipped YAML parses against the real signatures, and bad input fails early with a clear message."""
+
+from pathlib import Path
+
+import pytest
+
+from tdmr1_lightning.cli import build_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def _in_repo_root(monkeypatch):
+    monkeypatch.chdir(ROOT)
+
+
+def test_there_are_configs():
+    assert {p.name for p in CONFIGS} >= {"tiny.yaml", "sd35_tdm.yaml"}
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_config_parses_against_the_signatures(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_cli(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "class_path: tdmr1_lightning.backbones" in printed and "num_steps: 4" in printed
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_config_opens_with_a_comment_block(config):
+    head = config.read_text().splitlines()[:12]
+    assert head[0].startswith("# ") and any("Launch:" in line and "tdmr1 fit --config" in line for line in head)
+
+
+def _fit_args(tmp_path, tiny_sd3_path, *extra):
+    return [
+        "--config", "configs/tiny.yaml", f"--model.backbone.init_args.directory={tiny_sd3_path}",
+        f"--trainer.default_root_dir={tmp_path}", *extra,
+    ]
+
+
+def _never_build(monkeypatch):
+    from tdmr1_lightning.backbones.sd3 import SD3Backbone
+
+    def refuse(self, roles):
+        raise AssertionError("models were loaded before the bad input was reported")
+
+    monkeypatch.setattr(SD3Backbone, "build", refuse)
+
+
+def test_unknown_reward_is_named(tmp_path, tiny_sd3_path, capsys):
+    with pytest.raises(SystemExit):
+        build_cli(["fit", *_fit_args(tmp_path, tiny_sd3_path, "--model.reward=tdmr1_lightning.reward.NoSuchReward")])
+    assert "NoSuchReward" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("--model.num_steps=0", "num_steps"),
+        ("--model.shift=-1", "shift"),
+        ("--model.micro_batch_size=6", "micro_batch_size=6 does not hold whole groups"),
+        ("--data.train_prompts=configs/prompts/no_such_file.txt", "no_such_file.txt"),
+    ],
+)
+def test_bad_values_fail_before_models_load(tmp_path, tiny_sd3_path, monkeypatch, override, match):
+    _never_build(monkeypatch)
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        cli = build_cli(_fit_args(tmp_path, tiny_sd3_path, override), run=False)
+        cli.trainer.fit(cli.model, cli.datamodule)
+
+
+def test_empty_prompt_file_fails_before_models_load(tmp_path, tiny_sd3_path, monkeypatch):
+    _never_build(monkeypatch)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# only a comment\n\n")
+    with pytest.raises(ValueError, match="empty.txt"):
+        build_cli(_fit_args(tmp_path, tiny_sd3_path, f"--data.train_prompts={empty}"), run=False)
+
+
+def test_unresolvable_model_fails_before_models_load(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(Exception, match="not in the hub cache"):
+        build_cli(["--config", "configs/sd35_tdm.yaml", "--data.train_prompts=configs/prompts/tiny_train.txt", f"--trainer.default_root_dir={tmp_path}", "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.precision=32-true"], run=False)

@@ -1,0 +1,118 @@
+"""End-to-end `tdmr1 fit` on the tiny config, in process: what trains, what stays frozen, step counting."""
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from tdmr1_lightning import losses
+from tdmr1_lightning.backbones.base import FAKE, GENERATOR, GENERATOR_EMA, SURROGATE, SURROGATE_OLD, TEACHER
+from tdmr1_lightning.cli import build_cli
+from tdmr1_lightning.module import NonFiniteLossError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _in_repo_root(monkeypatch):
+    monkeypatch.chdir(ROOT)  # the shipped configs name prompt files relative to the repository
+
+
+def tiny_args(tmp_path, tiny_sd3_path, *extra):
+    return [
+        "--config", "configs/tiny.yaml",
+        f"--model.backbone.init_args.directory={tiny_sd3_path}",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+        *extra,
+    ]
+
+
+class Snapshot(L.Callback):
+    """Parameters of every role (and of the frozen parts) when training starts; training steps seen."""
+
+    def __init__(self):
+        self.steps = 0
+
+    def on_fit_start(self, trainer, module):
+        bb = module.backbone
+        self.roles = {r: [p.detach().clone() for p in bb.roles.parameters_of(r)] for r in [TEACHER, GENERATOR, FAKE, SURROGATE, GENERATOR_EMA, SURROGATE_OLD]}
+        self.frozen = [p.detach().clone() for p in [*bb.vae.parameters(), *bb.text_encoders.parameters()]]
+
+    def on_train_batch_end(self, *args):
+        self.steps += 1
+
+
+def _changed(before, after):
+    return any(not torch.equal(a, b) for a, b in zip(before, after))
+
+
+def test_fit_two_epochs_trains_the_roles_and_not_the_teacher(tmp_path, tiny_sd3_path):
+    cli = build_cli(tiny_args(tmp_path, tiny_sd3_path, "--trainer.max_epochs=2", "--trainer.max_steps=-1"), run=False)
+    snap = Snapshot()
+    cli.trainer.callbacks.append(snap)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    bb = cli.model.backbone
+    # 8 prompts, 4 per step: 2 steps an epoch, one generator update each
+    assert snap.steps == 4 and cli.trainer.global_step == 4
+    for role in [GENERATOR, FAKE, SURROGATE, GENERATOR_EMA, SURROGATE_OLD]:
+        assert _changed(snap.roles[role], bb.roles.parameters_of(role)), f"{role} did not change"
+    assert not _changed(snap.roles[TEACHER], bb.roles.parameters_of(TEACHER)), "the teacher changed"
+    assert not _changed(snap.frozen, [*bb.vae.parameters(), *bb.text_encoders.parameters()]), "VAE / text encoders changed"
+    metrics = cli.trainer.logged_metrics
+    for key in ["loss/fake", "loss/surrogate", "loss/generator", "reward/mean", "advantage/abs_mean", "surrogate/kl", "grad_norm/generator"]:
+        assert key in metrics and torch.isfinite(metrics[key]), key
+
+    # the checkpoint holds the roles only, and loads back into a fresh module
+    ckpt = next(Path(tmp_path).rglob("last.ckpt"))
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    assert state and all(".lora_" in k for k in state)
+    fresh = build_cli(tiny_args(tmp_path / "again", tiny_sd3_path), run=False).model
+    fresh.configure_model()
+    fresh.load_state_dict(state, strict=False)
+    for role in [GENERATOR, GENERATOR_EMA, SURROGATE]:
+        assert not _changed(bb.roles.parameters_of(role), fresh.backbone.roles.parameters_of(role))
+
+
+@pytest.mark.parametrize("updates_per_step,steps,global_step", [(1, 3, 3), (2, 2, 4)])
+def test_max_steps_counts_generator_updates(tmp_path, tiny_sd3_path, updates_per_step, steps, global_step):
+    cli = build_cli(tiny_args(
+        tmp_path, tiny_sd3_path, "--trainer.max_steps=3", f"--model.updates_per_step={updates_per_step}",
+        "--model.micro_batch_size=4", "--data.prompts_per_step=2",
+    ), run=False)
+    snap = Snapshot()
+    cli.trainer.callbacks.append(snap)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    # max_steps is checked between steps: with two updates a step, the third update ends in the second step
+    assert (snap.steps, cli.trainer.global_step) == (steps, global_step)
+
+
+def test_plain_tdm_mode_has_no_surrogate(tmp_path, tiny_sd3_path):
+    cli = build_cli(tiny_args(tmp_path, tiny_sd3_path, "--trainer.max_steps=1", "--model.reward=null"), run=False)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    assert SURROGATE not in cli.model.backbone.roles.roles
+    assert "loss/surrogate" not in cli.trainer.logged_metrics and "loss/generator" in cli.trainer.logged_metrics
+
+
+def test_non_finite_loss_skips_then_stops(tmp_path, tiny_sd3_path, monkeypatch):
+    real = losses.fake_score_loss
+    calls = {"n": 0}
+
+    def once_nan(*args, **kwargs):
+        calls["n"] += 1
+        value = real(*args, **kwargs)
+        return value * float("nan") if calls["n"] == 1 else value
+
+    monkeypatch.setattr(losses, "fake_score_loss", once_nan)
+    cli = build_cli(tiny_args(tmp_path, tiny_sd3_path, "--trainer.max_steps=1"), run=False)
+    snap = Snapshot()
+    cli.trainer.callbacks.append(snap)
+    with pytest.warns(RuntimeWarning, match="non-finite fake loss"):
+        cli.trainer.fit(cli.model, cli.datamodule)
+    assert snap.steps == 2 and cli.trainer.global_step == 1  # the first step was skipped, not stepped
+
+    monkeypatch.setattr(losses, "fake_score_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    cli = build_cli(tiny_args(tmp_path / "b", tiny_sd3_path, "--trainer.max_steps=5", "--model.max_nonfinite_steps=2"), run=False)
+    with pytest.warns(RuntimeWarning), pytest.raises(NonFiniteLossError, match="2 steps in a row"):
+        cli.trainer.fit(cli.model, cli.datamodule)
