@@ -6,6 +6,8 @@ the help taken from the docstrings; ``--print_config`` shows the resolved config
 
 from __future__ import annotations
 
+import warnings
+
 from lightning.pytorch.cli import LightningCLI
 
 from .data import PromptDataModule
@@ -18,6 +20,9 @@ class TDMR1CLI(LightningCLI):
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> TDMR1CLI:
     """Parse ``args`` (default: the command line), instantiate, and run the subcommand unless ``run`` is False."""
+    # Both describe the design: frozen parts stay in eval mode, and checkpoints hold post-update weights.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     return TDMR1CLI(
         TDMR1Module,
         PromptDataModule,

@@ -351,3 +351,11 @@ class PromptDataModule(lightning.LightningDataModule):
             collate_fn=functools.partial(collate_groups, group_size=1),
             num_workers=self.num_workers,
         )
+
+    def test_dataloader(self) -> DataLoader | list:
+        """The validation prompts (``tdmr1 test`` scores the generator EMA on them)."""
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader | list:
+        """The validation prompts (``tdmr1 predict`` returns the generator EMA's images for them)."""
+        return self.val_dataloader()

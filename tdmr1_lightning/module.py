@@ -9,6 +9,7 @@ logging and checkpoint intervals count what a user expects.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from typing import Any, Literal
@@ -17,6 +18,8 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+from torch.nn.parallel import DistributedDataParallel
 
 from . import losses
 from .backbones.base import (
@@ -282,30 +285,34 @@ class TDMR1Module(L.LightningModule):
             if not update:
                 continue
             scale = 1.0 / (len(update) * hp.boundaries_per_batch)
-            for mb in update:
-                js = torch.randperm(hp.num_steps, generator=levels)[: hp.boundaries_per_batch].tolist()
-                for j in js:
-                    j_reward = int(torch.multinomial(torch.arange(1, hp.num_steps + 1, dtype=torch.float), 1, generator=levels))
-                    out = self._losses(trajectory[:, mb], cond[mb], advantages[mb], group[mb], j, j_reward, levels, noise, scale)
-                    if out is None:
-                        return self._skip_step(opt_g, opt_c)
-                    for k, v in out.items():
-                        sums.setdefault(k, []).append(v)
+            nonfinite: list[str] = []
+            # Gradients are accumulated locally and averaged once per update (DDP would reduce at every
+            # backward, and sees roles unused in each one).
+            with self._no_grad_sync():
+                for mb in update:
+                    js = torch.randperm(hp.num_steps, generator=levels)[: hp.boundaries_per_batch].tolist()
+                    for j in js:
+                        j_reward = int(torch.multinomial(torch.arange(1, hp.num_steps + 1, dtype=torch.float), 1, generator=levels))
+                        out = self._losses(trajectory[:, mb], cond[mb], advantages[mb], group[mb], j, j_reward, levels, noise, scale, nonfinite)
+                        for k, v in out.items():
+                            sums.setdefault(k, []).append(v)
+            if self._any_process(bool(nonfinite)):
+                return self._skip_step(nonfinite or ["another process's"], opt_g, opt_c)
             metrics["grad_norm/critic"] = self._clip_and_step(opt_c)
             metrics["grad_norm/generator"] = self._clip_and_step(opt_g)
             self._update_emas()
         self._nonfinite_in_a_row = 0
         metrics.update({k: torch.stack(v).mean() for k, v in sums.items()})
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=n)
-        self.log("step", float(self.global_step), on_step=True, prog_bar=False, batch_size=n)
 
     def _losses(
         self, trajectory: Tensor, cond: Condition, advantages: Tensor, group: Tensor, j: int, j_reward: int,
-        levels: torch.Generator, noise: torch.Generator, scale: float,
-    ) -> dict[str, Tensor] | None:
+        levels: torch.Generator, noise: torch.Generator, scale: float, nonfinite: list[str],
+    ) -> dict[str, Tensor]:
         """Fake, surrogate and generator losses at boundary ``j`` (surrogate at ``j_reward``), each backpropagated.
 
-        Returns the detached values to log, or ``None`` when a loss is not finite (nothing was stepped).
+        Returns the detached values to log; the name of a loss that is not finite is appended to
+        ``nonfinite`` instead of being backpropagated.
         """
         hp, bb, s_ = self.hparams, self.backbone, self.boundaries
         k = hp.shift
@@ -328,8 +335,7 @@ class TDMR1Module(L.LightningModule):
         with torch.no_grad():
             v_teacher = bb.velocity(TEACHER, x_s, s, cond)
         loss_fake = losses.fake_score_loss(bb.velocity(FAKE, x_s, s, cond), x_s, x0_hat.detach(), s, v_teacher, hp.fake_teacher_weight)
-        if not self._backward(loss_fake * scale, "fake"):
-            return None
+        self._backward(loss_fake * scale, "fake", nonfinite)
         logs["loss/fake"] = loss_fake.detach()
 
         # 5.2 surrogate reward (DGPO)
@@ -349,8 +355,7 @@ class TDMR1Module(L.LightningModule):
                 bb.velocity(SURROGATE, x_s, s, cond), v_ref, v_old, v_teacher, v_target, advantages, group,
                 hp.beta, hp.clip_range, hp.trust_threshold, hp.lambda_kl, (j_reward + 1) / hp.num_steps,
             )
-            if not self._backward(out.loss * scale, "surrogate"):
-                return None
+            self._backward(out.loss * scale, "surrogate", nonfinite)
             pos, neg = advantages > 0, advantages < 0
             logs.update({
                 "loss/surrogate": out.loss.detach(),
@@ -381,8 +386,7 @@ class TDMR1Module(L.LightningModule):
             x0_hat, t_cond, t_uncond, fake, hp.guidance_scale, phi, base, hp.cfg_weight, hp.reward_weight,
             other_scale=hp.late_step_scale if self.reward is not None and j >= hp.trunc_steps else 1.0,
         )
-        if not self._backward(out_g.loss * scale, "generator"):
-            return None
+        self._backward(out_g.loss * scale, "generator", nonfinite)
         logs.update({
             "loss/generator": out_g.loss.detach(), "generator/guidance_term": out_g.guidance,
             "generator/kl_term": out_g.kl,
@@ -391,25 +395,47 @@ class TDMR1Module(L.LightningModule):
             logs["generator/reward_term"] = out_g.reward
         return logs
 
-    def _backward(self, loss: Tensor, name: str) -> bool:
-        if not torch.isfinite(loss):
-            self._nonfinite_in_a_row += 1
-            if self._nonfinite_in_a_row >= self.hparams.max_nonfinite_steps:
-                raise NonFiniteLossError(
-                    f"the {name} loss was not finite in {self._nonfinite_in_a_row} steps in a row "
-                    f"(model.max_nonfinite_steps={self.hparams.max_nonfinite_steps}); stopping"
-                )
-            warnings.warn(f"step {self.global_step}: non-finite {name} loss; skipping the step", RuntimeWarning)
-            return False
-        self.manual_backward(loss)
-        return True
+    def _backward(self, loss: Tensor, name: str, nonfinite: list[str]) -> None:
+        if torch.isfinite(loss):
+            self.manual_backward(loss)
+        else:
+            nonfinite.append(name)
 
-    def _skip_step(self, *optimizers) -> None:
+    def _no_grad_sync(self):
+        model = self.trainer.strategy.model if self._trainer is not None else None
+        return model.no_sync() if isinstance(model, DistributedDataParallel) else contextlib.nullcontext()
+
+    def _any_process(self, flag: bool) -> bool:
+        if self._trainer is None or self.trainer.world_size == 1:
+            return flag
+        return bool(self.trainer.strategy.reduce(torch.tensor(float(flag), device=self.device), reduce_op="sum") > 0)
+
+    def _skip_step(self, names: list[str], *optimizers) -> None:
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
+        self._nonfinite_in_a_row += 1
+        message = (
+            f"step {self.global_step}: non-finite {', '.join(sorted(set(names)))} loss "
+            f"({self._nonfinite_in_a_row} step(s) in a row)"
+        )
+        if self._nonfinite_in_a_row >= self.hparams.max_nonfinite_steps:
+            raise NonFiniteLossError(f"{message}; stopping (model.max_nonfinite_steps={self.hparams.max_nonfinite_steps})")
+        warnings.warn(f"{message}; skipping the step", RuntimeWarning)
+
+    def _average_gradients(self, params: list[Tensor]) -> None:
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world == 1 or not torch.distributed.is_initialized() or not params:
+            return
+        grads = [p.grad for p in params]
+        flat = _flatten_dense_tensors(grads)
+        torch.distributed.all_reduce(flat)
+        flat /= world
+        for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
+            g.copy_(synced)
 
     def _clip_and_step(self, optimizer) -> Tensor:
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        self._average_gradients(params)
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.float()) for p in params])) if params else torch.zeros(())
         if self.hparams.gradient_clip > 0:
             self.clip_gradients(optimizer, gradient_clip_val=self.hparams.gradient_clip, gradient_clip_algorithm="norm")

@@ -114,5 +114,27 @@ def test_non_finite_loss_skips_then_stops(tmp_path, tiny_sd3_path, monkeypatch):
 
     monkeypatch.setattr(losses, "fake_score_loss", lambda *a, **k: real(*a, **k) * float("nan"))
     cli = build_cli(tiny_args(tmp_path / "b", tiny_sd3_path, "--trainer.max_steps=5", "--model.max_nonfinite_steps=2"), run=False)
-    with pytest.warns(RuntimeWarning), pytest.raises(NonFiniteLossError, match="2 steps in a row"):
+    with pytest.warns(RuntimeWarning), pytest.raises(NonFiniteLossError, match=r"2 step\(s\) in a row"):
         cli.trainer.fit(cli.model, cli.datamodule)
+
+
+def test_resume_from_a_checkpoint_continues_exactly(tmp_path, tiny_sd3_path):
+    # the tiny config saves every 2 updates: one epoch of 8 prompts, 4 a step
+    straight = build_cli(tiny_args(tmp_path / "straight", tiny_sd3_path, "--trainer.logger=false", "--trainer.max_steps=4"), run=False)
+    straight.trainer.fit(straight.model, straight.datamodule)
+    first = build_cli(tiny_args(tmp_path / "first", tiny_sd3_path, "--trainer.logger=false", "--trainer.max_steps=2"), run=False)
+    first.trainer.fit(first.model, first.datamodule)
+    ckpt = next((tmp_path / "first").rglob("last.ckpt"))
+    resumed = build_cli(tiny_args(tmp_path / "resumed", tiny_sd3_path, "--trainer.logger=false", "--trainer.max_steps=4"), run=False)
+    resumed.trainer.fit(resumed.model, resumed.datamodule, ckpt_path=str(ckpt))
+    assert resumed.trainer.global_step == 4
+    for role in [GENERATOR, FAKE, SURROGATE, GENERATOR_EMA, SURROGATE_OLD]:
+        a, b = straight.model.backbone.roles.parameters_of(role), resumed.model.backbone.roles.parameters_of(role)
+        assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a, b)), role
+
+
+def test_predict_returns_generator_ema_images(tmp_path, tiny_sd3_path):
+    cli = build_cli(tiny_args(tmp_path, tiny_sd3_path, "--trainer.logger=false"), run=False)
+    batches = cli.trainer.predict(cli.model, datamodule=cli.datamodule)
+    images = torch.cat(batches)
+    assert images.dtype == torch.uint8 and images.shape == (4, 3, 32, 32)
