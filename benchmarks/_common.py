@@ -79,6 +79,16 @@ def machine() -> str:
     )
 
 
+def load_note() -> str:
+    """The 1-minute load average, with a warning when other processes compete for the cores."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # pragma: no cover
+        return "load average: n/a"
+    busy = load > 1.5 * (os.cpu_count() or 1)
+    return f"load average (1 min): {load:.2f}" + ("  <- the machine is busy: timings are unreliable" if busy else "")
+
+
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()

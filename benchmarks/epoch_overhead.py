@@ -3,8 +3,8 @@
 Runs ``trainer.fit`` (through ``build_cli(..., run=False)`` with ``configs/tiny.yaml``) on a random
 tiny SD3 built big enough that one transformer evaluation takes tens of ms, and times each training
 step with a callback (``on_train_batch_start`` -> ``on_train_batch_end``; the first step is a warm-up
-and is excluded). Then, in the same process and with the same shapes, times each network
-evaluation the step must make, alone:
+and is excluded). In the same run and with the same shapes it times each network evaluation the
+step must make, alone:
 
 * rollout: K generator forwards (no grad) per rollout chunk;
 * per micro-batch and per boundary (``TDMR1Module._losses``): generator forward+backward, teacher
@@ -13,7 +13,10 @@ evaluation the step must make, alone:
   (batched as 2N), the teacher and surrogate forwards of the reward term;
 * prompt encoding and VAE decoding.
 
-The ratio ``step time / sum of evaluations`` is the step's overhead (target <= 1.25). Reward
+The evaluations are timed between the training steps (after each step, outside the step's timing
+window, on the live module), so each timed step is compared with a pass measured just before it and a
+change in the machine's load hits both sides of a ratio alike; the reported ratio is the median of the
+per-step ratios. The ratio ``step time / sum of evaluations`` is the step's overhead (target <= 1.25). Reward
 scoring is timed and shown separately, in neither sum. While fitting, every ``backbone.velocity``
 call is recorded (role, batch size, grad on or off) to check the counts read from ``_losses``.
 
@@ -36,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    BIG_TINY, REPO, TINY_CONFIG, build_pipeline, describe, machine, quiet, sync, table, timeit,
+    BIG_TINY, REPO, TINY_CONFIG, build_pipeline, describe, load_note, machine, quiet, sync, table, timeit,
 )
 
 import lightning as L  # noqa: E402
@@ -49,13 +52,17 @@ from tdmr1_lightning.cli import build_cli  # noqa: E402
 
 
 class StepTimer(L.Callback):
-    """Wall time of each training batch (one TDM-R1 step); optionally cProfiles one of them."""
+    """Wall time of each training batch (one TDM-R1 step); runs ``between(step)`` after each, untimed.
 
-    def __init__(self, profile_batch: int | None = None) -> None:
+    Optionally cProfiles the step ``profile_batch``.
+    """
+
+    def __init__(self, profile_batch: int | None = None, between=None) -> None:
         self.times: list[float] = []
         self.batches: list[dict] = []
         self.profile_batch = profile_batch
         self.profiler: cProfile.Profile | None = None
+        self.between = between
         self._t0 = 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -69,8 +76,11 @@ class StepTimer(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         sync()
         self.times.append(time.perf_counter() - self._t0)
-        if self.profiler is not None and len(self.times) - 1 == self.profile_batch:
+        step = len(self.times) - 1
+        if self.profiler is not None and step == self.profile_batch:
             self.profiler.disable()
+        if self.between is not None:
+            self.between(step)
 
 
 class VelocityRecorder:
@@ -78,14 +88,81 @@ class VelocityRecorder:
 
     def __init__(self, backbone, timer: StepTimer) -> None:
         self.calls: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
+        self.sequence: dict[int, list[str]] = collections.defaultdict(list)
         self.timer = timer
+        self.enabled = True
         inner = backbone.velocity
 
         def velocity(role, x, s, cond):
-            self.calls[len(self.timer.batches)][(role, x.shape[0], torch.is_grad_enabled())] += 1
+            if self.enabled:
+                step = len(self.timer.batches) - 1
+                self.calls[step][(role, x.shape[0], torch.is_grad_enabled())] += 1
+                self.sequence[step].append(role)
             return inner(role, x, s, cond)
 
         backbone.velocity = velocity  # instance attribute: velocity_cond_uncond goes through it too
+
+
+class Components:
+    """Times each network evaluation of a step alone, with the step's shapes, on the live module."""
+
+    def __init__(self, module, batch: dict, repeats: int) -> None:
+        self.module, self.bb, self.hp = module, module.backbone, module.hparams
+        self.repeats = repeats
+        self.prompts, self.metadata = batch["prompts"], batch["metadata"]
+        self.n = len(self.prompts)
+        self.evals = expected_evaluations(module, self.n)
+        bb, hp = self.bb, self.hp
+        cond = bb.encode_prompts(self.prompts)
+        latent = bb.latent_shape
+        gen = torch.Generator().manual_seed(0)
+        sizes = {e[2] for e in self.evals if not self._is_cond_uncond(e[1], e[2], e[3])} | {hp.micro_batch_size}
+        self.xs = {b: torch.randn((b, *latent), generator=gen).to(bb.device) for b in sizes}
+        self.conds = {b: cond[:b] for b in self.xs}
+        self.final = torch.randn((self.n, *latent), generator=gen).to(bb.device)
+        self.images = module.decode(self.final)
+        self.reward = reward_of(module)
+        self.passes: list[dict[str, float]] = []  # one dict label -> seconds per pass
+
+    def _is_cond_uncond(self, role, b, grad) -> bool:
+        return role == TEACHER and b == 2 * self.hp.micro_batch_size and not grad
+
+    def _fn(self, role, b, grad):
+        bb, xs, conds = self.bb, self.xs, self.conds
+        if self._is_cond_uncond(role, b, grad):
+            m = b // 2
+            return lambda: torch.no_grad()(bb.velocity_cond_uncond)(TEACHER, xs[m], 0.6, conds[m])
+        if grad:
+            params = bb.roles.parameters_of(role)
+
+            def fwd_bwd():
+                v = bb.velocity(role, xs[b], 0.6, conds[b])
+                v.float().square().mean().backward()
+                for p in params:
+                    p.grad = None
+            return fwd_bwd
+        return lambda: torch.no_grad()(bb.velocity)(role, xs[b], 0.6, conds[b])
+
+    def measure(self, warmup: int) -> None:
+        times = {}
+        for label, role, b, grad, _ in self.evals:
+            times[(role, b, grad)], _ = timeit(self._fn(role, b, grad), repeats=self.repeats, warmup=warmup)
+        times["encode"], _ = timeit(lambda: self.bb.encode_prompts(self.prompts), repeats=self.repeats, warmup=warmup)
+        times["decode"], _ = timeit(lambda: self.module.decode(self.final), repeats=self.repeats, warmup=warmup)
+        times["reward"] = 0.0 if self.reward is None else timeit(
+            lambda: self.reward(self.images, self.prompts, self.metadata), repeats=self.repeats, warmup=warmup
+        )[0]
+        self.passes.append(times)
+
+    def total(self, times: dict) -> float:
+        """Sum of the evaluations of one step (reward excluded)."""
+        return sum(times[(r, b, g)] * c for _, r, b, g, c in self.evals) + times["encode"] + times["decode"]
+
+
+def reward_of(module):
+    """The module's reward (``rewards``: weighted rewards; older ``reward``: one reward), or None."""
+    rewards = getattr(module, "rewards", None) if hasattr(module, "rewards") else getattr(module, "reward", None)
+    return rewards.to(module.device) if rewards is not None and hasattr(rewards, "to") else rewards
 
 
 def expected_evaluations(module, n: int) -> list[tuple[str, str, int, bool, int]]:
@@ -95,7 +172,7 @@ def expected_evaluations(module, n: int) -> list[tuple[str, str, int, bool, int]
     """
     hp = module.hparams
     K, M, mbs, rbs = hp.num_steps, hp.boundaries_per_batch, hp.micro_batch_size, module.rollout_batch_size
-    with_reward = module.reward is not None
+    with_reward = reward_of(module) is not None
     rows: collections.Counter = collections.Counter()
     labels: dict[tuple, str] = {}
 
@@ -137,6 +214,7 @@ def main() -> None:
     quiet()
     print(f"machine: {machine()}")
     print(f"model:   tiny SD3, {describe(BIG_TINY)}, roles as LoRA, float32")
+    print(f"start:   {load_note()}")
 
     with tempfile.TemporaryDirectory(prefix="tdmr1-bench-") as tmp:
         tmp = Path(tmp)
@@ -160,7 +238,21 @@ def main() -> None:
             run=False,
         )
         module, trainer = cli.model, cli.trainer
-        timer = StepTimer(profile_batch)
+        state: dict = {}
+
+        def between(step: int) -> None:  # after each step, untimed: one pass over the evaluations alone
+            if step == profile_batch:
+                return
+            recorder.enabled = False
+            try:
+                if "components" not in state:
+                    state["components"] = Components(module, timer.batches[step], args.repeats)
+                state["components"].measure(warmup=1 if step == 0 else 0)
+                state.setdefault("pass_after", []).append(step)
+            finally:
+                recorder.enabled = True
+
+        timer = StepTimer(profile_batch, between)
         trainer.callbacks.append(timer)
         module.configure_model()  # builds the roles now, so the recorder can wrap the backbone
         recorder = VelocityRecorder(module.backbone, timer)
@@ -169,64 +261,47 @@ def main() -> None:
         fit_s = time.perf_counter() - t0
         if trainer.global_step != max_steps:
             raise SystemExit(f"fit made {trainer.global_step} steps, expected {max_steps}")
-        timed = [t for i, t in enumerate(timer.times) if i >= 1 and i != profile_batch]
-        step_s = statistics.median(timed)
+        del module.backbone.velocity  # back to the class method (no recorder)
+        comp: Components = state["components"]
+        bb, hp, n = module.backbone, module.hparams, comp.n
+        timed_steps = [i for i in range(1, len(timer.times)) if i != profile_batch]
+        step_s = statistics.median(timer.times[i] for i in timed_steps)
 
-        # ---- the same evaluations, each alone, same shapes ------------------------------------
-        bb, hp = module.backbone, module.hparams
-        del bb.velocity  # back to the class method (no recorder)
-        batch = timer.batches[1]
-        prompts, n = batch["prompts"], len(batch["prompts"])
-        evals = expected_evaluations(module, n)
-
-        # counts check against what fit actually called (timed steps only)
-        expected = collections.Counter({(r, b, g): c for _, r, b, g, c in evals})
-        mismatched = [i for i in range(2, 2 + args.steps) if recorder.calls[i] != expected]
+        # counts read off _losses vs what fit actually called
+        expected = collections.Counter({(r, b, g): c for _, r, b, g, c in comp.evals})
+        mismatched = [i for i in timed_steps if recorder.calls[i] != expected]
         print(
             f"evaluation counts read off _losses match the recorded backbone.velocity calls: {not mismatched}"
             + ("" if not mismatched else f"\n  expected {dict(expected)}\n  recorded {dict(recorder.calls[mismatched[0]])}")
         )
 
-        cond = bb.encode_prompts(prompts)
-        latent = bb.latent_shape
-        gen = torch.Generator().manual_seed(0)
-        sizes = {e[2] for e in evals if not (e[1] == TEACHER and e[2] == 2 * hp.micro_batch_size and not e[3])}
-        sizes |= {hp.micro_batch_size}
-        xs = {b: torch.randn((b, *latent), generator=gen).to(bb.device) for b in sizes}
-        conds = {b: cond[:b] for b in xs}
-        roles = bb.roles
+        # Each timed step is paired with the pass of evaluations measured right before it (after the
+        # previous step), so that a change in the machine's load hits both sides of a ratio alike.
+        pass_of = dict(zip(state["pass_after"], comp.passes))
+        pairs = [(timer.times[i], comp.total(pass_of[i - 1])) for i in timed_steps if i - 1 in pass_of]
+        ratios = [t / total for t, total in pairs]
+        med = {k: statistics.median(p[k] for p in comp.passes) for k in comp.passes[0]}
+        total = comp.total(med)
 
-        def forward(role, b, grad):
-            if role == TEACHER and b == 2 * hp.micro_batch_size and not grad:
-                m = b // 2
-                return lambda: (torch.no_grad()(bb.velocity_cond_uncond))(TEACHER, xs[m], 0.6, conds[m])
-            if grad:
-                params = roles.parameters_of(role)
-
-                def fwd_bwd():
-                    v = bb.velocity(role, xs[b], 0.6, conds[b])
-                    v.float().square().mean().backward()
-                    for p in params:
-                        p.grad = None
-                return fwd_bwd
-            return lambda: torch.no_grad()(bb.velocity)(role, xs[b], 0.6, conds[b])
-
-        rows, total = [], 0.0
-        for label, role, b, grad, count in evals:
-            t, _ = timeit(forward(role, b, grad), repeats=args.repeats)
+        rows = []
+        for label, role, b, grad, count in comp.evals:
+            t = med[(role, b, grad)]
             rows.append((label, role, b, count, f"{t * 1e3:.1f}", f"{t * count * 1e3:.1f}"))
-            total += t * count
-
-        t_enc, _ = timeit(lambda: bb.encode_prompts(prompts), repeats=args.repeats)
-        rows.append(("prompt encoding (CLIP x2 + T5)", "-", n, 1, f"{t_enc * 1e3:.1f}", f"{t_enc * 1e3:.1f}"))
-        total += t_enc
-        final = torch.randn((n, *latent), generator=gen).to(bb.device)
-        t_dec, _ = timeit(lambda: module.decode(final), repeats=args.repeats)
+        rows.append(("prompt encoding (CLIP x2 + T5)", "-", n, 1, f"{med['encode'] * 1e3:.1f}", f"{med['encode'] * 1e3:.1f}"))
         chunks = -(-n // module.rollout_batch_size)
-        rows.append((f"VAE decode ({chunks} chunk(s))", "-", n, 1, f"{t_dec * 1e3:.1f}", f"{t_dec * 1e3:.1f}"))
-        total += t_dec
-        images = module.decode(final)
-        t_rew, _ = timeit(lambda: module._score(images, prompts, batch["metadata"]), repeats=args.repeats)
+        rows.append((f"VAE decode ({chunks} chunk(s))", "-", n, 1, f"{med['decode'] * 1e3:.1f}", f"{med['decode'] * 1e3:.1f}"))
+        t_rew = med["reward"]
+
+        # role switches (peft adapter switching in RoleTransformers.activate): overhead, in no sum
+        step_roles = recorder.sequence[timed_steps[0]]
+        previous = recorder.sequence[timed_steps[0] - 1][-1]
+        switches = sum(a != b for a, b in zip([previous, *step_roles[:-1]], step_roles))
+        bb.roles.activate(previous)
+
+        def switch_all():
+            for role in step_roles:
+                bb.roles.activate(role)
+        t_sw, _ = timeit(switch_all, repeats=args.repeats)
 
         print()
         print(table(rows, ("evaluation", "role", "batch", "count", "ms each", "ms total")))
@@ -235,20 +310,28 @@ def main() -> None:
         print(f"step: {n} samples, rollout chunks of {module.rollout_batch_size}, {hpd}")
         print(f"steps timed:            {', '.join(f'{t * 1e3:.0f}' for t in timer.times)} ms "
               f"(first = warm-up{', profiled step excluded' if args.profile else ''}; fit total {fit_s:.1f} s)")
-        print(f"sum of evaluations:     {total * 1e3:9.1f} ms")
+        print(f"sum of evaluations:     {', '.join(f'{p[1] * 1e3:.0f}' for p in pairs)} ms (the pass before each timed step)")
+        print(f"per-step ratios:        {', '.join(f'{r:.3f}' for r in ratios)}")
+        print(f"sum of evaluations:     {total * 1e3:9.1f} ms  (median of the passes, the table above)")
         print(f"measured step (median): {step_s * 1e3:9.1f} ms")
-        print(f"overhead ratio:         {step_s / total:9.3f}   (step / sum; target <= 1.25)")
-        print(f"reward (JPEG, {n} imgs): {t_rew * 1e3:9.1f} ms   (in neither sum; step incl. reward / sum: "
-              f"{step_s / (total + t_rew):.3f})")
+        print(f"overhead ratio:         {statistics.median(ratios):9.3f}   (median of the per-step ratios; target <= 1.25)")
+        print(f"reward scoring:         {t_rew * 1e3:9.1f} ms  ({n} images; in neither sum)")
+        print(f"role switches ({switches} a step, RoleTransformers.activate alone): {t_sw * 1e3:.1f} ms "
+              f"({t_sw / step_s:.1%} of the step; not in the sum)")
+        print(f"end:     {load_note()} (this process counts for about 2)")
 
         if timer.profiler is not None:
             print(f"\ncProfile of step {profile_batch} ({timer.times[profile_batch] * 1e3:.0f} ms under the profiler):")
-            for key in ("tottime", "cumulative"):
+            for title, key, restrict in (
+                ("by own time", "tottime", ()),
+                ("the package's functions, by cumulative time", "cumulative", ("tdmr1_lightning/",)),
+            ):
                 s = io.StringIO()
                 stats = pstats.Stats(timer.profiler, stream=s)
-                stats.sort_stats(key).print_stats(args.top)
-                text = s.getvalue().replace(str(REPO) + "/", "")
-                print(text[text.find("   ncalls"):] if "   ncalls" in text else text)
+                stats.sort_stats(key).print_stats(*restrict, args.top)
+                text = s.getvalue().replace(str(REPO) + "/", "").replace(str(Path(torch.__file__).parents[1]) + "/", "")
+                print(f"-- {title}")
+                print(text[text.find("   ncalls"):].rstrip() if "   ncalls" in text else text)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import BIG_TINY, MAX_SEQUENCE_LENGTH, build_pipeline, describe, machine, quiet, sync, table  # noqa: E402
+from _common import BIG_TINY, MAX_SEQUENCE_LENGTH, build_pipeline, describe, load_note, machine, quiet, sync, table  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -58,6 +58,7 @@ def main() -> None:
     res = BIG_TINY["resolution"]
     print(f"machine: {machine()}, device {device}")
     print(f"model:   tiny SD3, {describe(BIG_TINY)}, float32, T5 max_sequence_length {MAX_SEQUENCE_LENGTH}")
+    print(f"start:   {load_note()}")
     print(f"task:    {len(prompts)} prompts -> {len(prompts)} images {res}x{res} in one batch, {args.steps} steps")
 
     with tempfile.TemporaryDirectory(prefix="tdmr1-bench-") as tmp:
@@ -116,6 +117,7 @@ def main() -> None:
         print()
         print(f"ratio ours/diffusers (images/s): {ours_ips / theirs_ips:.3f}   (target >= 1.0)")
         print(f"ratio ours-teacher/diffusers:    {teacher_ips / theirs_ips:.3f}   (LoRA-free transformer, for reference)")
+        print(f"end:     {load_note()} (this process counts for about 2)")
 
 
 if __name__ == "__main__":

@@ -1,17 +1,21 @@
 """The ``tdmr1`` command: Lightning's CLI over :class:`TDMR1Module` and :class:`PromptDataModule`.
 
 ``tdmr1 fit --config configs/sd35_ocr.yaml`` trains; ``tdmr1 fit --help`` lists every argument with
-the help taken from the docstrings; ``--print_config`` shows the resolved configuration.
+the help taken from the docstrings; ``--print_config`` shows the resolved configuration; ``tdmr1 rewards list`` shows the
+installed rewards.
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 import warnings
 
 from lightning.pytorch.cli import LightningCLI
 
 from .data import PromptDataModule
 from .module import TDMR1Module
+from .registry import format_reward_table
 
 
 class TDMR1CLI(LightningCLI):
@@ -33,9 +37,22 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> TDMR1CLI:
     )
 
 
-def main(args: list[str] | None = None) -> None:
+def rewards_command(args: list[str]) -> int:
+    """``tdmr1 rewards list``: the installed rewards with their distribution, version and description."""
+    parser = argparse.ArgumentParser(prog="tdmr1 rewards", description=rewards_command.__doc__)
+    parser.add_argument("action", choices=["list"])
+    parser.parse_args(args)
+    print(format_reward_table())
+    return 0
+
+
+def main(args: list[str] | None = None) -> int | None:
     """Entry point of the ``tdmr1`` console script."""
+    args = sys.argv[1:] if args is None else args
+    if args[:1] == ["rewards"]:
+        return rewards_command(args[1:])
     build_cli(args)
+    return None
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ from .backbones.base import (
     Condition,
     RectifiedFlowBackbone,
 )
-from .reward import Reward
+from .registry import RewardSpec
+from .reward import WeightedRewards
 from .sampler import sample_trajectory
 from .schedule import (
     check_schedule, euler_step, forward_kernel, inverse_time_shift, renoise, sample_level, step_boundaries,
@@ -45,6 +46,13 @@ def _adamw(lr: float, betas: tuple[float, float], weight_decay: float = 1e-4) ->
     return lambda params: torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
 
 
+def _build_rewards(entries: list[dict[str, Any]] | None, where: str = "model.rewards") -> WeightedRewards | None:
+    if not entries:
+        return None
+    specs = [RewardSpec.from_config(e, f"{where}[{i}]") for i, e in enumerate(entries)]
+    return WeightedRewards([(spec.label, spec.build(), spec.weight) for spec in specs])
+
+
 class NonFiniteLossError(RuntimeError):
     """Raised after too many consecutive training steps with a non-finite loss."""
 
@@ -54,7 +62,12 @@ class TDMR1Module(L.LightningModule):
 
     Args:
         backbone: The model family and its roles (generator, teacher, fake score, surrogate reward).
-        reward: The black-box reward; ``None`` trains plain TDM distillation (no surrogate).
+        rewards: The black-box rewards: a list of ``{name: <registered name> | class_path: <dotted path>,
+            init_args: {...}, weight: 1.0}`` (``tdmr1 rewards list`` shows the names); none trains plain
+            TDM distillation (no surrogate).
+        reward_combination: ``sum``: advantages of the weighted sum of rewards; ``advantages``: the
+            weighted sum of each reward's own advantages.
+        eval_rewards: Rewards that score validation and test samples only (default: ``rewards``).
         generator_optimizer: Optimizer of the generator's parameters.
         critic_optimizer: Optimizer of the fake score and the surrogate (two parameter groups).
         fake_param_group: Per-group settings of the fake score (override the critic optimizer's).
@@ -94,7 +107,9 @@ class TDMR1Module(L.LightningModule):
     def __init__(
         self,
         backbone: RectifiedFlowBackbone,
-        reward: Reward | None = None,
+        rewards: list[dict[str, Any]] | None = None,
+        reward_combination: Literal["sum", "advantages"] = "sum",
+        eval_rewards: list[dict[str, Any]] | None = None,
         generator_optimizer: OptimizerCallable = _adamw(7.5e-5, (0.0, 0.999)),
         critic_optimizer: OptimizerCallable = _adamw(3e-4, (0.0, 0.999)),
         fake_param_group: dict[str, Any] | None = None,
@@ -143,11 +158,12 @@ class TDMR1Module(L.LightningModule):
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if not 1 <= boundaries_per_batch <= num_steps:
             raise ValueError(f"boundaries_per_batch (M) must be in [1, num_steps={num_steps}], got {boundaries_per_batch}")
-        self.save_hyperparameters(ignore=["backbone", "reward", "generator_optimizer", "critic_optimizer"])
+        self.save_hyperparameters(ignore=["backbone", "rewards", "eval_rewards", "generator_optimizer", "critic_optimizer"])
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold the roles only, not the frozen base
         self.backbone = backbone
-        self.reward = reward
+        self.rewards = _build_rewards(rewards)
+        self.eval_rewards = _build_rewards(eval_rewards, "model.eval_rewards") if eval_rewards is not None else self.rewards
         self.generator_optimizer = generator_optimizer
         self.critic_optimizer = critic_optimizer
         self.fake_param_group = dict(fake_param_group or {"lr": 3e-4, "betas": (0.0, 0.999)})
@@ -164,7 +180,7 @@ class TDMR1Module(L.LightningModule):
     @property
     def roles(self) -> list[str]:
         roles = [GENERATOR, FAKE, GENERATOR_EMA]
-        if self.reward is not None:
+        if self.rewards is not None:
             roles += [SURROGATE, SURROGATE_OLD] + ([SURROGATE_REF] if self.hparams.reference == "ema" else [])
         return roles
 
@@ -185,6 +201,11 @@ class TDMR1Module(L.LightningModule):
                     f"a step's {local} samples per process (data.prompts_per_step / world size x data.group_size) "
                     f"do not split into micro-batches of model.micro_batch_size={mbs}"
                 )
+        # Rewards refuse prompts they cannot score (an OCR prompt without target text, ...) now, not mid-run.
+        for rewards, records in ((self.rewards, getattr(datamodule, "train_records", None)),
+                                 (self.eval_rewards, getattr(datamodule, "val_records", None))):
+            if rewards is not None and records:
+                rewards.validate([r["prompt"] for r in records], [{k: v for k, v in r.items() if k != "prompt"} for r in records])
 
     def configure_model(self) -> None:
         if self._built:
@@ -196,7 +217,7 @@ class TDMR1Module(L.LightningModule):
         roles = self.backbone.roles
         generator = self.generator_optimizer(roles.parameters_of(GENERATOR))
         groups = [{"params": roles.parameters_of(FAKE), **self.fake_param_group}]
-        if self.reward is not None:
+        if self.rewards is not None:
             groups.append({"params": roles.parameters_of(SURROGATE), **self.surrogate_param_group})
         return [generator, self.critic_optimizer(groups)]
 
@@ -241,9 +262,25 @@ class TDMR1Module(L.LightningModule):
     # Training
     # ------------------------------------------------------------------------------------------
 
-    def _score(self, images: Tensor, prompts: list[str], metadata: list[dict]) -> tuple[Tensor, Tensor]:
-        out = self.reward(images, prompts, metadata)
-        return out.scores.to(self.device), out.valid.to(self.device)
+    def _score_and_advantages(
+        self, images: Tensor, prompts: list[str], metadata: list[dict], group: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Advantages of the step's samples, and the reward metrics to log."""
+        outputs = self.rewards.to(self.device)(images, prompts, metadata)
+        rewards, valid = (t.to(self.device) for t in WeightedRewards.weighted_sum(outputs))
+        if self.hparams.reward_combination == "sum" or len(outputs) == 1:
+            advantages = self._advantages(rewards, valid, group)
+        else:
+            advantages = sum(
+                weight * self._advantages(out.scores.to(self.device), out.valid.to(self.device), group)
+                for out, weight in outputs.values()
+            )
+        metrics = self._reward_metrics(rewards, valid, advantages)
+        if len(outputs) > 1:
+            for label, (out, _) in outputs.items():
+                if out.valid.any():
+                    metrics[f"reward/{label}/mean"] = out.scores[out.valid].mean().to(self.device)
+        return advantages, metrics
 
     def _advantages(self, rewards: Tensor, valid: Tensor, group_index: Tensor) -> Tensor:
         hp = self.hparams
@@ -265,11 +302,10 @@ class TDMR1Module(L.LightningModule):
         cond = self.backbone.encode_prompts(prompts)
         trajectory = self.rollout(cond, GENERATOR, self._noise_generator(step))
         metrics: dict[str, Tensor] = {}
-        if self.reward is not None:
+        if self.rewards is not None:
             images = self.decode(trajectory[-1])
-            rewards, valid = self._score(images, prompts, metadata)
-            advantages = self._advantages(rewards, valid, group)
-            metrics.update(self._reward_metrics(rewards, valid, advantages))
+            advantages, reward_metrics = self._score_and_advantages(images, prompts, metadata, group)
+            metrics.update(reward_metrics)
             if hp.log_images_every_n_steps and step % hp.log_images_every_n_steps == 0:
                 self._log_images("train/rollouts", images)
         else:
@@ -339,7 +375,7 @@ class TDMR1Module(L.LightningModule):
         logs["loss/fake"] = loss_fake.detach()
 
         # 5.2 surrogate reward (DGPO)
-        if self.reward is not None:
+        if self.rewards is not None:
             s_n = s_[j_reward + 1]
             x_n = trajectory[j_reward + 1]
             s = min(sample_level(float(inverse_time_shift(max(s_n, hp.s_min_reward), k)), k, levels), 0.999)
@@ -375,7 +411,7 @@ class TDMR1Module(L.LightningModule):
             vc, vu = bb.velocity_cond_uncond(TEACHER, x_s, s, cond)
             t_cond, t_uncond = x0_from_velocity(x_s, s, vc), x0_from_velocity(x_s, s, vu)
             phi = base = None
-            with_reward = self.reward is not None and j < hp.trunc_steps
+            with_reward = self.rewards is not None and j < hp.trunc_steps
             if with_reward:
                 s2 = sample_level(float(inverse_time_shift(max(s_[j + 1], hp.s_min_gen), k)), k, levels)
                 x_s2 = renoise(x_next, s_[j + 1], s2, group_noise(x_next))
@@ -384,7 +420,7 @@ class TDMR1Module(L.LightningModule):
                 phi = base + hp.rl_guidance_scale * (surrogate - base)
         out_g = losses.generator_loss(
             x0_hat, t_cond, t_uncond, fake, hp.guidance_scale, phi, base, hp.cfg_weight, hp.reward_weight,
-            other_scale=hp.late_step_scale if self.reward is not None and j >= hp.trunc_steps else 1.0,
+            other_scale=hp.late_step_scale if self.rewards is not None and j >= hp.trunc_steps else 1.0,
         )
         self._backward(out_g.loss * scale, "generator", nonfinite)
         logs.update({
@@ -446,7 +482,7 @@ class TDMR1Module(L.LightningModule):
     def _update_emas(self) -> None:
         roles, n = self.backbone.roles, self.global_step
         roles.ema_update_(GENERATOR_EMA, min((1 + n) / (10 + n), self.hparams.generator_ema_max_decay))
-        if self.reward is not None:
+        if self.rewards is not None:
             roles.ema_update_(SURROGATE_OLD, min(0.3, 0.001 + 0.001 * n))
             if self.hparams.reference == "ema":
                 roles.ema_update_(SURROGATE_REF, self.hparams.reference_ema_decay)
@@ -481,10 +517,10 @@ class TDMR1Module(L.LightningModule):
         images = self.generate(batch["prompts"], GENERATOR_EMA, seed=self.hparams.seed + batch_idx)
         if batch_idx == 0:
             self._log_images("val/samples", images)
-        if self.reward is not None:
-            rewards, valid = self._score(images, batch["prompts"], batch["metadata"])
-            if valid.any():
-                self.log("val/reward", rewards[valid].mean(), on_epoch=True, sync_dist=True, batch_size=int(valid.sum()))
+        if self.eval_rewards is not None:
+            for label, (out, _) in self.eval_rewards.to(self.device)(images, batch["prompts"], batch["metadata"]).items():
+                if out.valid.any():
+                    self.log(f"val/{label}", out.scores[out.valid].mean().to(self.device), on_epoch=True, sync_dist=True, batch_size=int(out.valid.sum()))
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)

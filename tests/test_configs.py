@@ -50,10 +50,12 @@ def _never_build(monkeypatch):
     monkeypatch.setattr(SD3Backbone, "build", refuse)
 
 
-def test_unknown_reward_is_named(tmp_path, tiny_sd3_path, capsys):
-    with pytest.raises(SystemExit):
-        build_cli(["fit", *_fit_args(tmp_path, tiny_sd3_path, "--model.reward=tdmr1_lightning.reward.NoSuchReward")])
-    assert "NoSuchReward" in capsys.readouterr().err
+def test_unknown_reward_is_named_with_the_installed_ones(tmp_path, tiny_sd3_path, monkeypatch):
+    _never_build(monkeypatch)
+    with pytest.raises(ValueError, match=r"unknown reward 'no_such_reward'; installed rewards: .*jpeg_compressibility"):
+        build_cli(_fit_args(tmp_path, tiny_sd3_path, "--model.rewards=[{name: no_such_reward}]"), run=False)
+    with pytest.raises(ValueError, match="NoSuchReward"):
+        build_cli(_fit_args(tmp_path, tiny_sd3_path, "--model.rewards=[{class_path: tdmr1_lightning.reward.NoSuchReward}]"), run=False)
 
 
 @pytest.mark.parametrize(

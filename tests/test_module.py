@@ -89,7 +89,7 @@ def test_max_steps_counts_generator_updates(tmp_path, tiny_sd3_path, updates_per
 
 
 def test_plain_tdm_mode_has_no_surrogate(tmp_path, tiny_sd3_path):
-    cli = build_cli(tiny_args(tmp_path, tiny_sd3_path, "--trainer.max_steps=1", "--model.reward=null"), run=False)
+    cli = build_cli(tiny_args(tmp_path, tiny_sd3_path, "--trainer.max_steps=1", "--model.rewards=null"), run=False)
     cli.trainer.fit(cli.model, cli.datamodule)
     assert SURROGATE not in cli.model.backbone.roles.roles
     assert "loss/surrogate" not in cli.trainer.logged_metrics and "loss/generator" in cli.trainer.logged_metrics
