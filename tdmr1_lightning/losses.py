@@ -1,4 +1,4 @@
-"""The TDM-R1 losses as pure functions of tensors (algorithm.md, sections 4.3 and 5).
+"""The TDM-R1 losses as pure functions of tensors (docs/architecture.md, "Equations and their code").
 
 Every function takes predictions that were already computed by the networks, so each can be
 tested on small tensors. Shapes: a batch is ``(N, ...)``; per-sample quantities are ``(N,)``.

@@ -1,6 +1,6 @@
 """``TDMR1Module``: TDM-R1 (and plain TDM distillation) as a LightningModule with manual optimization.
 
-One training batch of the data module is one TDM-R1 epoch of algorithm.md, section 4 (here called a
+One training batch of the data module is one TDM-R1 epoch of the algorithm (docs/architecture.md; here called a
 *step*): roll out the prompts' groups with the current generator, score them, compute advantages,
 then accumulate the fake-score, surrogate and generator losses over micro-batches and step the
 critic, then the generator. ``trainer.global_step`` counts generator updates, so ``max_steps``,

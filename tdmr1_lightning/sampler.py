@@ -1,4 +1,4 @@
-"""The deterministic few-step sampler (algorithm.md, section 3): rollouts and inference alike."""
+"""The deterministic few-step sampler (docs/architecture.md): rollouts and inference alike."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Rectified-flow time maths shared by the sampler and the losses (algorithm.md, section 1).
+"""Rectified-flow time maths shared by the sampler and the losses (docs/architecture.md).
 
 Conventions: ``x_s = (1 - s) * x0 + s * eps`` with noise level ``s`` in [0, 1]; the network sees
 ``t = 1000 * s`` and predicts the velocity ``v = eps - x0``.

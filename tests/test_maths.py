@@ -1,4 +1,4 @@
-"""Schedule, sampler and loss numerics on small tensors, checked against algorithm.md."""
+"""Schedule, sampler and loss numerics on small tensors, checked against the specification (docs/architecture.md)."""
 
 import math
 

@@ -1,7 +1,7 @@
 """What TDM-R1 needs of a rectified-flow text-to-image model, independent of the model family.
 
 A backbone owns the frozen parts (text encoders, VAE, the teacher) and the trained roles
-(algorithm.md, section 2). A new family (Z-Image, FLUX) is one new file: load the pipeline,
+(docs/architecture.md, "Roles"). A new family (Z-Image, FLUX) is one new file: load the pipeline,
 encode prompts, decode latents, call its transformer. Role bookkeeping lives in
 :class:`RoleTransformers`, shared by every family whose denoiser is one ``nn.Module``.
 """
