@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
 
 import lightning as L
@@ -53,6 +54,11 @@ def _build_rewards(entries: list[dict[str, Any]] | None, where: str = "model.rew
     return WeightedRewards([(spec.label, spec.build(), spec.weight) for spec in specs])
 
 
+def _append(sums: dict[str, list[Tensor]], logs: dict[str, Tensor]) -> None:
+    for key, value in logs.items():
+        sums.setdefault(key, []).append(value)
+
+
 class NonFiniteLossError(RuntimeError):
     """Raised after too many consecutive training steps with a non-finite loss."""
 
@@ -68,6 +74,8 @@ class TDMR1Module(L.LightningModule):
         reward_combination: ``sum``: advantages of the weighted sum of rewards; ``advantages``: the
             weighted sum of each reward's own advantages.
         eval_rewards: Rewards that score validation and test samples only (default: ``rewards``).
+        overlap_rewards: Score rewards in a background thread while the fake-score and generator
+            losses (which need no advantages) are computed.
         generator_optimizer: Optimizer of the generator's parameters.
         critic_optimizer: Optimizer of the fake score and the surrogate (two parameter groups).
         fake_param_group: Per-group settings of the fake score (override the critic optimizer's).
@@ -110,6 +118,7 @@ class TDMR1Module(L.LightningModule):
         rewards: list[dict[str, Any]] | None = None,
         reward_combination: Literal["sum", "advantages"] = "sum",
         eval_rewards: list[dict[str, Any]] | None = None,
+        overlap_rewards: bool = True,
         generator_optimizer: OptimizerCallable = _adamw(7.5e-5, (0.0, 0.999)),
         critic_optimizer: OptimizerCallable = _adamw(3e-4, (0.0, 0.999)),
         fake_param_group: dict[str, Any] | None = None,
@@ -172,6 +181,7 @@ class TDMR1Module(L.LightningModule):
         self.rollout_batch_size = rollout_batch_size or micro_batch_size
         self._nonfinite_in_a_row = 0
         self._built = False
+        self._reward_pool: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------------------------------
     # Set-up
@@ -206,6 +216,11 @@ class TDMR1Module(L.LightningModule):
                                  (self.eval_rewards, getattr(datamodule, "val_records", None))):
             if rewards is not None and records:
                 rewards.validate([r["prompt"] for r in records], [{k: v for k, v in r.items() if k != "prompt"} for r in records])
+
+    def teardown(self, stage: str) -> None:
+        if self._reward_pool is not None:
+            self._reward_pool.shutdown(wait=True)
+            self._reward_pool = None
 
     def configure_model(self) -> None:
         if self._built:
@@ -262,26 +277,6 @@ class TDMR1Module(L.LightningModule):
     # Training
     # ------------------------------------------------------------------------------------------
 
-    def _score_and_advantages(
-        self, images: Tensor, prompts: list[str], metadata: list[dict], group: Tensor
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Advantages of the step's samples, and the reward metrics to log."""
-        outputs = self.rewards.to(self.device)(images, prompts, metadata)
-        rewards, valid = (t.to(self.device) for t in WeightedRewards.weighted_sum(outputs))
-        if self.hparams.reward_combination == "sum" or len(outputs) == 1:
-            advantages = self._advantages(rewards, valid, group)
-        else:
-            advantages = sum(
-                weight * self._advantages(out.scores.to(self.device), out.valid.to(self.device), group)
-                for out, weight in outputs.values()
-            )
-        metrics = self._reward_metrics(rewards, valid, advantages)
-        if len(outputs) > 1:
-            for label, (out, _) in outputs.items():
-                if out.valid.any():
-                    metrics[f"reward/{label}/mean"] = out.scores[out.valid].mean().to(self.device)
-        return advantages, metrics
-
     def _advantages(self, rewards: Tensor, valid: Tensor, group_index: Tensor) -> Tensor:
         hp = self.hparams
         std = None
@@ -302,36 +297,46 @@ class TDMR1Module(L.LightningModule):
         cond = self.backbone.encode_prompts(prompts)
         trajectory = self.rollout(cond, GENERATOR, self._noise_generator(step))
         metrics: dict[str, Tensor] = {}
+        scoring: Future | None = None
         if self.rewards is not None:
             images = self.decode(trajectory[-1])
-            advantages, reward_metrics = self._score_and_advantages(images, prompts, metadata, group)
-            metrics.update(reward_metrics)
+            scoring = self._start_scoring(images, prompts, metadata)
             if hp.log_images_every_n_steps and step % hp.log_images_every_n_steps == 0:
                 self._log_images("train/rollouts", images)
-        else:
-            advantages = torch.zeros(n, device=self.device)
+        advantages = torch.zeros(n, device=self.device)
 
         mbs = hp.micro_batch_size
         micro_batches = [slice(i, i + mbs) for i in range(0, n, mbs)]
-        updates = [micro_batches[u::hp.updates_per_step] for u in range(hp.updates_per_step)]
         levels = torch.Generator().manual_seed(hash((hp.seed, step, -1)) % (2**62))  # same on every process
         noise = self._noise_generator(step, salt=1)
+        # (micro-batch, generator boundary j, surrogate boundary j') for every update, drawn up front.
+        weights = torch.arange(1, hp.num_steps + 1, dtype=torch.float)
+        plans = [
+            [(mb, j, int(torch.multinomial(weights, 1, generator=levels)))
+             for mb in micro_batches[u::hp.updates_per_step]
+             for j in torch.randperm(hp.num_steps, generator=levels)[: hp.boundaries_per_batch].tolist()]
+            for u in range(hp.updates_per_step)
+        ]
         sums: dict[str, list[Tensor]] = {}
-        for update in updates:
-            if not update:
+        for plan in plans:
+            if not plan:
                 continue
-            scale = 1.0 / (len(update) * hp.boundaries_per_batch)
+            scale = 1.0 / len(plan)
             nonfinite: list[str] = []
             # Gradients are accumulated locally and averaged once per update (DDP would reduce at every
-            # backward, and sees roles unused in each one).
+            # backward, and sees roles unused in each one). No parameter changes within an update, so
+            # the fake and generator losses run first, while the rewards are still being scored, and
+            # the surrogate losses, which need the advantages, after.
             with self._no_grad_sync():
-                for mb in update:
-                    js = torch.randperm(hp.num_steps, generator=levels)[: hp.boundaries_per_batch].tolist()
-                    for j in js:
-                        j_reward = int(torch.multinomial(torch.arange(1, hp.num_steps + 1, dtype=torch.float), 1, generator=levels))
-                        out = self._losses(trajectory[:, mb], cond[mb], advantages[mb], group[mb], j, j_reward, levels, noise, scale, nonfinite)
-                        for k, v in out.items():
-                            sums.setdefault(k, []).append(v)
+                for mb, j, _ in plan:
+                    _append(sums, self._fake_and_generator_losses(trajectory[:, mb], cond[mb], group[mb], j, levels, noise, scale, nonfinite))
+                if scoring is not None:
+                    advantages, reward_metrics = self._finish_scoring(scoring, group)
+                    metrics.update(reward_metrics)
+                    scoring = None
+                if self.rewards is not None:
+                    for mb, _, j_reward in plan:
+                        _append(sums, self._surrogate_loss(trajectory[:, mb], cond[mb], advantages[mb], group[mb], j_reward, levels, noise, scale, nonfinite))
             if self._any_process(bool(nonfinite)):
                 return self._skip_step(nonfinite or ["another process's"], opt_g, opt_c)
             metrics["grad_norm/critic"] = self._clip_and_step(opt_c)
@@ -341,23 +346,61 @@ class TDMR1Module(L.LightningModule):
         metrics.update({k: torch.stack(v).mean() for k, v in sums.items()})
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=n)
 
-    def _losses(
-        self, trajectory: Tensor, cond: Condition, advantages: Tensor, group: Tensor, j: int, j_reward: int,
+    def _start_scoring(self, images: Tensor, prompts: list[str], metadata: list[dict]) -> Future:
+        """Score in a background thread (``overlap_rewards``) or now; the result is a Future either way."""
+        rewards = self.rewards.to(self.device)
+        if self.hparams.overlap_rewards:
+            if self._reward_pool is None:
+                self._reward_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tdmr1-reward")
+            return self._reward_pool.submit(rewards, images, prompts, metadata)
+        done: Future = Future()
+        done.set_result(rewards(images, prompts, metadata))
+        return done
+
+    def _finish_scoring(self, scoring: Future, group: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Advantages of the step's samples (collective across processes) and the reward metrics."""
+        outputs = scoring.result()
+        rewards, valid = (t.to(self.device) for t in WeightedRewards.weighted_sum(outputs))
+        if self.hparams.reward_combination == "sum" or len(outputs) == 1:
+            advantages = self._advantages(rewards, valid, group)
+        else:
+            advantages = sum(
+                weight * self._advantages(out.scores.to(self.device), out.valid.to(self.device), group)
+                for out, weight in outputs.values()
+            )
+        metrics = self._reward_metrics(rewards, valid, advantages)
+        if len(outputs) > 1:
+            for label, (out, _) in outputs.items():
+                if out.valid.any():
+                    metrics[f"reward/{label}/mean"] = out.scores[out.valid].mean().to(self.device)
+        return advantages, metrics
+
+    def _noise_fns(self, group: Tensor, noise: torch.Generator):
+        """Fresh per-sample noise, and noise shared by the members of each group."""
+        _, group_local = torch.unique(group, return_inverse=True)
+        n_groups = int(group_local.max()) + 1
+
+        def randn(x: Tensor) -> Tensor:
+            return torch.randn(x.shape, generator=noise, device=x.device, dtype=x.dtype)
+
+        def group_noise(x: Tensor) -> Tensor:
+            return torch.randn((n_groups, *x.shape[1:]), generator=noise, device=x.device, dtype=x.dtype)[group_local]
+
+        return randn, group_noise
+
+    def _fake_and_generator_losses(
+        self, trajectory: Tensor, cond: Condition, group: Tensor, j: int,
         levels: torch.Generator, noise: torch.Generator, scale: float, nonfinite: list[str],
     ) -> dict[str, Tensor]:
-        """Fake, surrogate and generator losses at boundary ``j`` (surrogate at ``j_reward``), each backpropagated.
+        """The fake-score loss (5.1) and the generator loss (5.3) at boundary ``j``, each backpropagated.
 
         Returns the detached values to log; the name of a loss that is not finite is appended to
         ``nonfinite`` instead of being backpropagated.
         """
         hp, bb, s_ = self.hparams, self.backbone, self.boundaries
         k = hp.shift
+        randn, group_noise = self._noise_fns(group, noise)
         x_j = trajectory[j]
-        randn = lambda x: torch.randn(x.shape, generator=noise, device=x.device, dtype=x.dtype)  # noqa: E731
-        _, group_local = torch.unique(group, return_inverse=True)
-        n_groups = int(group_local.max()) + 1
-        group_noise = lambda x: torch.randn((n_groups, *x.shape[1:]), generator=noise, device=x.device, dtype=x.dtype)[group_local]  # noqa: E731
-        logs: dict[str, Tensor] = {}
 
         # The generator's step with grad: x0_hat feeds the generator loss, x_next (detached) the critics.
         v = bb.velocity(GENERATOR, x_j, s_[j], cond)
@@ -372,36 +415,6 @@ class TDMR1Module(L.LightningModule):
             v_teacher = bb.velocity(TEACHER, x_s, s, cond)
         loss_fake = losses.fake_score_loss(bb.velocity(FAKE, x_s, s, cond), x_s, x0_hat.detach(), s, v_teacher, hp.fake_teacher_weight)
         self._backward(loss_fake * scale, "fake", nonfinite)
-        logs["loss/fake"] = loss_fake.detach()
-
-        # 5.2 surrogate reward (DGPO)
-        if self.rewards is not None:
-            s_n = s_[j_reward + 1]
-            x_n = trajectory[j_reward + 1]
-            s = min(sample_level(float(inverse_time_shift(max(s_n, hp.s_min_reward), k)), k, levels), 0.999)
-            a, b = (float(c) for c in forward_kernel(s_n, s))
-            xi = group_noise(x_n)
-            x_s = a * x_n + max(b, 1e-4) * xi
-            v_target = losses.surrogate_target_velocity(x_s, xi, s, max(b, 1e-4))
-            with torch.no_grad():
-                v_teacher = bb.velocity(TEACHER, x_s, s, cond)
-                v_old = bb.velocity(SURROGATE_OLD, x_s, s, cond)
-                v_ref = bb.velocity(SURROGATE_REF, x_s, s, cond) if hp.reference == "ema" else v_teacher
-            out = losses.surrogate_loss(
-                bb.velocity(SURROGATE, x_s, s, cond), v_ref, v_old, v_teacher, v_target, advantages, group,
-                hp.beta, hp.clip_range, hp.trust_threshold, hp.lambda_kl, (j_reward + 1) / hp.num_steps,
-            )
-            self._backward(out.loss * scale, "surrogate", nonfinite)
-            pos, neg = advantages > 0, advantages < 0
-            logs.update({
-                "loss/surrogate": out.loss.detach(),
-                "surrogate/kl": out.kl,
-                "surrogate/ppo_clip_fraction": out.ppo_clipped.float().mean(),
-                "surrogate/trust_clip_fraction": out.trust_clipped.float().mean(),
-                "surrogate/group_weight": out.group_weight.mean(),
-            })
-            if pos.any() and neg.any():
-                logs["surrogate/implied_reward_gap"] = out.implied_reward[pos].mean() - out.implied_reward[neg].mean()
 
         # 5.3 generator
         with torch.no_grad():
@@ -418,17 +431,54 @@ class TDMR1Module(L.LightningModule):
                 base = x0_from_velocity(x_s2, s2, bb.velocity(TEACHER, x_s2, s2, cond))
                 surrogate = x0_from_velocity(x_s2, s2, bb.velocity(SURROGATE, x_s2, s2, cond))
                 phi = base + hp.rl_guidance_scale * (surrogate - base)
-        out_g = losses.generator_loss(
+        out = losses.generator_loss(
             x0_hat, t_cond, t_uncond, fake, hp.guidance_scale, phi, base, hp.cfg_weight, hp.reward_weight,
             other_scale=hp.late_step_scale if self.rewards is not None and j >= hp.trunc_steps else 1.0,
         )
-        self._backward(out_g.loss * scale, "generator", nonfinite)
-        logs.update({
-            "loss/generator": out_g.loss.detach(), "generator/guidance_term": out_g.guidance,
-            "generator/kl_term": out_g.kl,
-        })
+        self._backward(out.loss * scale, "generator", nonfinite)
+        logs = {
+            "loss/fake": loss_fake.detach(), "loss/generator": out.loss.detach(),
+            "generator/guidance_term": out.guidance, "generator/kl_term": out.kl,
+        }
         if with_reward:
-            logs["generator/reward_term"] = out_g.reward
+            logs["generator/reward_term"] = out.reward
+        return logs
+
+    def _surrogate_loss(
+        self, trajectory: Tensor, cond: Condition, advantages: Tensor, group: Tensor, j_reward: int,
+        levels: torch.Generator, noise: torch.Generator, scale: float, nonfinite: list[str],
+    ) -> dict[str, Tensor]:
+        """The surrogate-reward loss (5.2, DGPO) from the stored state after boundary ``j_reward``, backpropagated."""
+        hp, bb, s_ = self.hparams, self.backbone, self.boundaries
+        k = hp.shift
+        _, group_noise = self._noise_fns(group, noise)
+        s_n = s_[j_reward + 1]
+        x_n = trajectory[j_reward + 1]
+        s = min(sample_level(float(inverse_time_shift(max(s_n, hp.s_min_reward), k)), k, levels), 0.999)
+        a, b = (float(c) for c in forward_kernel(s_n, s))
+        b = max(b, 1e-4)
+        xi = group_noise(x_n)
+        x_s = a * x_n + b * xi
+        v_target = losses.surrogate_target_velocity(x_s, xi, s, b)
+        with torch.no_grad():
+            v_teacher = bb.velocity(TEACHER, x_s, s, cond)
+            v_old = bb.velocity(SURROGATE_OLD, x_s, s, cond)
+            v_ref = bb.velocity(SURROGATE_REF, x_s, s, cond) if hp.reference == "ema" else v_teacher
+        out = losses.surrogate_loss(
+            bb.velocity(SURROGATE, x_s, s, cond), v_ref, v_old, v_teacher, v_target, advantages, group,
+            hp.beta, hp.clip_range, hp.trust_threshold, hp.lambda_kl, (j_reward + 1) / hp.num_steps,
+        )
+        self._backward(out.loss * scale, "surrogate", nonfinite)
+        logs = {
+            "loss/surrogate": out.loss.detach(),
+            "surrogate/kl": out.kl,
+            "surrogate/ppo_clip_fraction": out.ppo_clipped.float().mean(),
+            "surrogate/trust_clip_fraction": out.trust_clipped.float().mean(),
+            "surrogate/group_weight": out.group_weight.mean(),
+        }
+        pos, neg = advantages > 0, advantages < 0
+        if pos.any() and neg.any():
+            logs["surrogate/implied_reward_gap"] = out.implied_reward[pos].mean() - out.implied_reward[neg].mean()
         return logs
 
     def _backward(self, loss: Tensor, name: str, nonfinite: list[str]) -> None:

@@ -138,3 +138,26 @@ def test_predict_returns_generator_ema_images(tmp_path, tiny_sd3_path):
     batches = cli.trainer.predict(cli.model, datamodule=cli.datamodule)
     images = torch.cat(batches)
     assert images.dtype == torch.uint8 and images.shape == (4, 3, 32, 32)
+
+
+def _role_params(cli):
+    return {r: [p.detach().clone() for p in cli.model.backbone.roles.parameters_of(r)] for r in [GENERATOR, FAKE, SURROGATE]}
+
+
+def test_scoring_in_the_background_changes_nothing(tmp_path, tiny_sd3_path):
+    results = []
+    for overlap in ("true", "false"):
+        cli = build_cli(tiny_args(tmp_path / overlap, tiny_sd3_path, "--trainer.logger=false", "--trainer.max_steps=2", f"--model.overlap_rewards={overlap}"), run=False)
+        cli.trainer.fit(cli.model, cli.datamodule)
+        results.append(_role_params(cli))
+    for role in results[0]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0][role], results[1][role])), role
+
+
+def test_two_rewards_combined_by_advantages(tmp_path, tiny_sd3_path):
+    rewards = "[{name: jpeg_compressibility, weight: 0.5}, {name: jpeg_compressibility, init_args: {quality: 50}, weight: 2.0}]"
+    cli = build_cli(tiny_args(tmp_path, tiny_sd3_path, "--trainer.max_steps=1", f"--model.rewards={rewards}", "--model.reward_combination=advantages"), run=False)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    metrics = cli.trainer.logged_metrics
+    assert "reward/jpeg_compressibility_0/mean" in metrics and "reward/jpeg_compressibility_1/mean" in metrics
+    assert torch.isfinite(metrics["loss/surrogate"])
