@@ -285,6 +285,20 @@ def _freeze(model: torch.nn.Module) -> torch.nn.Module:
 
 
 # ----------------------------------------------------------------------------------------- open_clip
+def needs_quick_gelu(model: str, pretrained: str | None) -> bool:
+    """Whether open_clip weights were trained with QuickGELU.
+
+    open_clip >= 3 builds "ViT-L-14" with GELU even for the QuickGELU-trained OpenAI weights (it only
+    warns): follow the tag's own setting so the features are the real ones.
+    """
+    import open_clip
+
+    if not pretrained or os.path.isfile(pretrained):
+        return False
+    tag_cfg = open_clip.get_pretrained_cfg(model.replace("/", "-"), pretrained) or {}
+    return bool(tag_cfg.get("quick_gelu", False))
+
+
 def load_open_clip(
     model: ModelSpec = "ViT-L-14",
     pretrained: str | None = "openai",
@@ -326,14 +340,9 @@ def _load_open_clip(model: ModelSpec, pretrained: str | None, device: torch.devi
         if precision != "fp32":
             open_clip.model.convert_weights_to_lp(net, dtype=dtype)
     else:
-        # open_clip >= 3 builds "ViT-L-14" with GELU even for the QuickGELU-trained OpenAI weights (it only
-        # warns): follow the tag's own setting so the features are the real ones.
-        quick_gelu = False
-        if pretrained and not os.path.isfile(pretrained):
-            tag_cfg = open_clip.get_pretrained_cfg(model.replace("/", "-"), pretrained) or {}
-            quick_gelu = bool(tag_cfg.get("quick_gelu", False))
         net = open_clip.create_model(
-            model, pretrained=pretrained, device=device, precision=precision, force_quick_gelu=quick_gelu
+            model, pretrained=pretrained, device=device, precision=precision,
+            force_quick_gelu=needs_quick_gelu(model, pretrained),
         )
         tokenizer = open_clip.get_tokenizer(model)
     pp = dict(getattr(net.visual, "preprocess_cfg", {}) or {})
