@@ -79,14 +79,41 @@ def machine() -> str:
     )
 
 
-def load_note() -> str:
-    """The 1-minute load average, with a warning when other processes compete for the cores."""
-    try:
-        load = os.getloadavg()[0]
-    except OSError:  # pragma: no cover
-        return "load average: n/a"
-    busy = load > 1.5 * (os.cpu_count() or 1)
-    return f"load average (1 min): {load:.2f}" + ("  <- the machine is busy: timings are unreliable" if busy else "")
+class OtherLoad:
+    """CPU time other processes used while a benchmark ran, as a share of the machine (Linux only).
+
+    ``/proc/stat`` gives the busy time of all CPUs; this process's own CPU time is subtracted. A share
+    near 0 means the numbers were measured alone; tens of percent means others competed for the cores.
+    """
+
+    def __init__(self) -> None:
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float] | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [float(v) for v in f.readline().split()[1:]]
+        except OSError:
+            return None
+        hz = os.sysconf("SC_CLK_TCK")
+        busy = (sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0.0)) / hz  # minus idle, iowait
+        own = sum(os.times()[:4])
+        return busy, own, time.perf_counter()
+
+    def share(self) -> float | None:
+        end = self._sample()
+        if self.start is None or end is None:
+            return None
+        busy, own, wall = (e - s for e, s in zip(end, self.start))
+        return max(busy - own, 0.0) / (wall * (os.cpu_count() or 1))
+
+    def note(self) -> str:
+        share = self.share()
+        if share is None:
+            return "CPU used by other processes: n/a"
+        warn = "  <- others competed for the cores: timings are unreliable" if share > 0.10 else ""
+        return f"CPU used by other processes during the run: {share:.0%} of the machine{warn}"
 
 
 def sync() -> None:

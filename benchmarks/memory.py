@@ -60,14 +60,14 @@ def main() -> None:
                 )
                 backbone.build(ROLES)
                 totals[roles_as] = unique_tensor_bytes(backbone.roles)
-                rows.append((name, roles_as, mib(base), mib(totals[roles_as]), mib(totals[roles_as] - base),
-                             f"{totals[roles_as] / base:.2f}"))
+                rows.append((name, roles_as, f"{base:,}", f"{totals[roles_as]:,}", f"{totals[roles_as] - base:,}",
+                             mib(totals[roles_as]), f"{totals[roles_as] / base:.2f}"))
                 del backbone
                 gc.collect()
             ratios.append((name, describe(config), totals["full"] / totals["lora"],
                            (totals["full"] - base) / max(totals["lora"] - base, 1)))
     print()
-    print(table(rows, ("model", "roles_as", "base MiB", "roles total MiB", "roles extra MiB", "total / base")))
+    print(table(rows, ("model", "roles_as", "base bytes", "roles total bytes", "roles extra bytes", "roles MiB", "total / base")))
     print()
     for name, desc, total_ratio, extra_ratio in ratios:
         print(f"{name} ({desc}): full/lora total {total_ratio:.2f}x, extra {extra_ratio:.1f}x")

@@ -176,3 +176,21 @@ def test_adapter_mode_holds_one_copy_of_the_base(tiny_sd3_path):
     base = unique_tensor_bytes(bb.roles.base)
     assert sizes["lora"] < 1.5 * base  # base + small adapters
     assert sizes["full"] >= (1 + len(ROLES)) * base  # the teacher and a copy per role
+
+
+def test_merged_inference_matches_the_adapter_and_restores_the_teacher(backbone):
+    x, c = _inputs(backbone)
+    with torch.no_grad():
+        for p in backbone.roles.parameters_of(GENERATOR_EMA):
+            p.add_(0.05 * torch.randn_like(p))  # a non-trivial adapter (B != 0)
+    base_before = [p.clone() for p in backbone.roles.parameters_of(TEACHER)]
+    with torch.no_grad():
+        unmerged = backbone.velocity(GENERATOR_EMA, x, 0.75, c)
+        with backbone.roles.merged(GENERATOR_EMA):
+            merged = backbone.velocity(GENERATOR_EMA, x, 0.75, c)
+        after = backbone.velocity(GENERATOR_EMA, x, 0.75, c)
+    assert not torch.allclose(unmerged, backbone.velocity(TEACHER, x, 0.75, c))
+    assert torch.allclose(merged, unmerged, atol=1e-5)
+    assert torch.equal(after, unmerged)
+    assert all(torch.equal(a, b) for a, b in zip(base_before, backbone.roles.parameters_of(TEACHER)))
+    backbone.roles.copy_role_(GENERATOR_EMA, GENERATOR)

@@ -8,13 +8,14 @@ encode prompts, decode latents, call its transformer. Role bookkeeping lives in
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Iterable, Iterator, Literal, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -193,9 +194,11 @@ class RoleTransformers(nn.Module):
                 for role in self.roles
             }
             params = dict(base.named_parameters())
+            self._trainable_flags = []
             for role, names in self._role_names.items():
                 for n in names:
                     params[n].data = params[n].data.float()  # adapters train in fp32 over a low-precision base
+                    self._trainable_flags.append((params[n], role in TRAINED_ROLES))
             self._restore_trainable()
         elif roles_as == "full":
             self.copies = nn.ModuleDict({role: copy.deepcopy(base) for role in self.roles})
@@ -212,10 +215,8 @@ class RoleTransformers(nn.Module):
     def _restore_trainable(self) -> None:
         # peft's set_adapter flips requires_grad to follow the active adapter; our trained roles keep
         # requiring grad so that switching roles between a forward and its backward changes nothing.
-        params = dict(self.base.named_parameters())
-        for role, names in self._role_names.items():
-            for n in names:
-                params[n].requires_grad_(role in TRAINED_ROLES)
+        for param, trainable in self._trainable_flags:
+            param.requires_grad_(trainable)
 
     def activate(self, role: str) -> nn.Module:
         """Return the module that computes ``role`` (switching the active adapter where needed)."""
@@ -233,6 +234,30 @@ class RoleTransformers(nn.Module):
             self._restore_trainable()
             self._active = role
         return self.base
+
+    @contextlib.contextmanager
+    def merged(self, role: str) -> Iterator[nn.Module]:
+        """Within the block, ``role``'s adapter is folded into the base weights: plain-transformer speed.
+
+        For inference only (no gradients). The base weights are copied first and restored exactly
+        afterwards, so the teacher never drifts by merge / unmerge rounding.
+        """
+        if self.roles_as == "full" or role == TEACHER:
+            yield self.activate(role)
+            return
+        module = self.activate(role)
+        layers = [layer for layer in self._tuner_layers if role in getattr(layer, "lora_A", {})]
+        saved = [layer.get_base_layer().weight.detach().clone() for layer in layers]
+        try:
+            with torch.no_grad():
+                for layer in layers:
+                    layer.merge(adapter_names=[role])
+            yield module
+        finally:
+            with torch.no_grad():
+                for layer, weight in zip(layers, saved):
+                    layer.get_base_layer().weight.copy_(weight)
+                    layer.merged_adapters.clear()
 
     # -- parameters ---------------------------------------------------------------------------
 
