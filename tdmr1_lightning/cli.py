@@ -11,6 +11,7 @@ import argparse
 import sys
 import warnings
 
+import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
 from .data import PromptDataModule
@@ -19,7 +20,18 @@ from .registry import format_reward_table
 
 
 class TDMR1CLI(LightningCLI):
-    """LightningCLI whose optimizers are the module's own ``OptimizerCallable`` arguments."""
+    """LightningCLI over any LightningModule / DataModule, defaulting to TDM-R1's.
+
+    A config without ``model.class_path`` configures :class:`TDMR1Module` (and :class:`PromptDataModule`);
+    other modules of the project (e.g. the flow-matching pretraining of a teacher) are chosen with a
+    ``class_path``. Optimizers are the modules' own ``OptimizerCallable`` arguments.
+    """
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.set_defaults({
+            "model": {"class_path": f"{TDMR1Module.__module__}.{TDMR1Module.__name__}"},
+            "data": {"class_path": f"{PromptDataModule.__module__}.{PromptDataModule.__name__}"},
+        })
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> TDMR1CLI:
@@ -28,8 +40,10 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> TDMR1CLI:
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     return TDMR1CLI(
-        TDMR1Module,
-        PromptDataModule,
+        L.LightningModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
         args=args,

@@ -220,19 +220,20 @@ def _build_components(
     num_attention_heads: int,
     text_dim: int,
     patch_size: int,
+    pixel_space: bool = False,
 ) -> dict[str, Any]:
-    """Create every pipeline component with seeded random weights."""
+    """Create every pipeline component with seeded random weights (no VAE in pixel space)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
     from transformers import T5Config, T5EncoderModel
 
     if text_dim < 8 or text_dim % 8:
         raise ValueError(f"text_dim must be a positive multiple of 8, got {text_dim}")
     vae_blocks = (16, 32)
-    vae_scale = 2 ** (len(vae_blocks) - 1)
+    vae_scale = 1 if pixel_space else 2 ** (len(vae_blocks) - 1)
     if resolution % (vae_scale * patch_size):
         raise ValueError(f"resolution must be a multiple of {vae_scale * patch_size}, got {resolution}")
     latent_side = resolution // vae_scale
-    latent_channels = 4
+    latent_channels = 3 if pixel_space else 4
     # SD3 concatenates the two CLIP hidden states (d1 + d2) and zero-pads them to the
     # T5 width; d1 + d2 must not exceed text_dim or the pad would crop CLIP-2 away.
     # Like SD3.5 (768 + 1280 < 4096) the sizes differ and the padding is non-empty.
@@ -258,7 +259,7 @@ def _build_components(
     )
 
     _seed(seed)
-    vae = AutoencoderKL(
+    vae = None if pixel_space else AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * len(vae_blocks),
@@ -303,7 +304,7 @@ def _build_components(
     return {
         "transformer": transformer.eval(),
         "scheduler": scheduler,
-        "vae": vae.eval(),
+        "vae": vae.eval() if vae is not None else None,
         "text_encoder": text_encoder,
         "tokenizer": tokenizer,
         "text_encoder_2": text_encoder_2,
@@ -351,6 +352,7 @@ def build_tiny_sd3(
     num_attention_heads: int = 2,
     text_dim: int = 32,
     patch_size: int = 2,
+    pixel_space: bool = False,
     verbose: bool = False,
 ) -> Path:
     """Build a tiny random-weight SD3 pipeline and save it with ``save_pretrained``.
@@ -374,6 +376,8 @@ def build_tiny_sd3(
             encoders have hidden sizes ``text_dim // 4`` and ``text_dim // 2``
             (``pooled_projection_dim = 3 * text_dim // 4``).  Multiple of 8.
         patch_size: Transformer patch size.
+        pixel_space: No VAE: the transformer denoises RGB pixels directly (load the folder with
+            ``vae=None``; see :class:`tdmr1_lightning.backbones.sd3.PixelSD3Backbone`).
         verbose: Print progress to stdout.
 
     Returns:
@@ -405,6 +409,7 @@ def build_tiny_sd3(
                 num_attention_heads=num_attention_heads,
                 text_dim=text_dim,
                 patch_size=patch_size,
+                pixel_space=pixel_space,
             )
         shutil.rmtree(tmp / ".scratch", ignore_errors=True)
         for name, comp in components.items():

@@ -194,3 +194,17 @@ def test_merged_inference_matches_the_adapter_and_restores_the_teacher(backbone)
     assert torch.equal(after, unmerged)
     assert all(torch.equal(a, b) for a, b in zip(base_before, backbone.roles.parameters_of(TEACHER)))
     backbone.roles.copy_role_(GENERATOR_EMA, GENERATOR)
+
+
+def test_pixel_space_backbone_has_no_vae(tmp_path):
+    from tdmr1_lightning.backbones import PixelSD3Backbone
+    from tdmr1_lightning.tiny import build_tiny_sd3
+
+    path = build_tiny_sd3(tmp_path / "pixel", resolution=16, pixel_space=True)
+    bb = PixelSD3Backbone(str(path), resolution=16, lora_rank=2, max_sequence_length=16)
+    bb.build([GENERATOR])
+    assert bb.vae is None and bb.latent_shape == (3, 16, 16)
+    images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    assert torch.equal(bb.decode(bb.encode_images(images)), images)
+    c = bb.encode_prompts(["a red circle", "a blue square"])
+    assert bb.velocity(GENERATOR, torch.randn(2, 3, 16, 16), 0.5, c).shape == (2, 3, 16, 16)

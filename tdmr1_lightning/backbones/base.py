@@ -390,10 +390,10 @@ class RectifiedFlowBackbone(nn.Module, ABC):
         """Whether a ``state_dict`` key of this backbone is role weights worth checkpointing (not frozen parts)."""
         return key.startswith("roles.") and self.roles.is_role_state(key[len("roles."):])
 
-    def velocity(self, role: str, x: Tensor, s: float, cond: Condition) -> Tensor:
-        """The velocity of ``role`` at ``(x, s)``; ``s`` is one level for the whole batch."""
+    def velocity(self, role: str, x: Tensor, s: float | Tensor, cond: Condition) -> Tensor:
+        """The velocity of ``role`` at ``(x, s)``; ``s`` is one level for the batch or one per sample."""
         module = self.roles.activate(role)
-        t = torch.full((x.shape[0],), 1000.0 * s, device=x.device, dtype=x.dtype)
+        t = (1000.0 * torch.as_tensor(s, device=x.device, dtype=x.dtype)).expand(x.shape[0])
         return self.transformer_forward(module, x, t, cond).to(x.dtype)
 
     def velocity_cond_uncond(self, role: str, x: Tensor, s: float, cond: Condition) -> tuple[Tensor, Tensor]:

@@ -81,24 +81,24 @@ class SD3Backbone(RectifiedFlowBackbone):
         from diffusers import StableDiffusion3Pipeline
 
         pipe = StableDiffusion3Pipeline.from_pretrained(
-            self.pretrained_model, dtype=self.dtype, revision=self.revision, variant=self.variant
+            self.pretrained_model, dtype=self.dtype, revision=self.revision, variant=self.variant, **self._components()
         )
+        # The pipeline shares these modules; kept outside nn.Module registration so it is not saved twice.
+        object.__setattr__(self, "_pipe", pipe)
         transformer = pipe.transformer
-        factor = pipe.vae_scale_factor * transformer.config.patch_size
+        factor = self.latent_factor * transformer.config.patch_size
         if self.resolution % factor:
             raise ValueError(
                 f"resolution {self.resolution} is not a multiple of {factor} (VAE factor x patch size) for {self.pretrained_model}"
             )
         if self.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
-        self.vae = pipe.vae.requires_grad_(False).eval()
+        self.vae = pipe.vae.requires_grad_(False).eval() if pipe.vae is not None else None
         self.text_encoders = nn.ModuleList(
             [e.requires_grad_(False).eval() for e in (pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3) if e is not None]
         )
         self.roles = RoleTransformers(transformer, roles, self.roles_as, **self.lora)
         self.roles._lora_alpha_for_merge = float(self.lora["lora_alpha"])
-        # The pipeline shares these modules; kept outside nn.Module registration so it is not saved twice.
-        object.__setattr__(self, "_pipe", pipe)
         if self.generator_checkpoint is not None:
             state = load_lora_state_dict(self.generator_checkpoint)
             self.roles.load_lora_(GENERATOR, state, str(self.generator_checkpoint))
@@ -107,9 +107,18 @@ class SD3Backbone(RectifiedFlowBackbone):
 
     # -- the interface --------------------------------------------------------------------------
 
+    def _components(self) -> dict:
+        """Pipeline components to override when loading (none for SD3)."""
+        return {}
+
+    @property
+    def latent_factor(self) -> int:
+        """Pixels per latent side (the VAE's downsampling)."""
+        return self._pipe.vae_scale_factor
+
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        side = self.resolution // self._pipe.vae_scale_factor
+        side = self.resolution // self.latent_factor
         return (self.roles.base.config.in_channels, side, side)
 
     def transformer_forward(self, module: nn.Module, x: Tensor, t: Tensor, cond: Condition) -> Tensor:
@@ -150,3 +159,27 @@ class SD3Backbone(RectifiedFlowBackbone):
         x = images.to(self.vae.dtype) / 127.5 - 1
         z = self.vae.encode(x).latent_dist.mode()
         return ((z - (config.shift_factor or 0.0)) * config.scaling_factor).float()
+
+
+class PixelSD3Backbone(SD3Backbone):
+    """The SD3 architecture denoising RGB pixels directly (no VAE): for small synthetic worlds.
+
+    Latents are images scaled to ``[-1, 1]``; the pipeline folder has no VAE (``vae: null`` in its
+    ``model_index.json``, as ``build_tiny_sd3(..., pixel_space=True)`` writes). Arguments as
+    :class:`SD3Backbone`.
+    """
+
+    def _components(self) -> dict:
+        return {"vae": None}
+
+    @property
+    def latent_factor(self) -> int:
+        return 1
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        return ((latents.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+    @torch.no_grad()
+    def encode_images(self, images: Tensor) -> Tensor:
+        return images.float() / 127.5 - 1

@@ -1,0 +1,138 @@
+"""``FlowMatchingModule``: train a backbone's denoiser by rectified flow matching (a teacher from scratch).
+
+TDM-R1 needs a many-step teacher. For real models that is SD3.5; for the project's embedded
+synthetic world it is a tiny SD3-architecture model trained here on rendered scenes. The loss is the
+standard rectified-flow objective ``|| v(x_s, s, c) - (eps - x0) ||^2`` with ``x_s = (1 - s) x0 + s eps``;
+prompts are dropped to the empty prompt with some probability so that classifier-free guidance works.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor
+
+from .backbones.base import TEACHER, RectifiedFlowBackbone
+from .sampler import sample_trajectory
+from .schedule import step_boundaries, time_shift
+
+
+def _adamw(params):
+    return torch.optim.AdamW(params, lr=6e-4, betas=(0.9, 0.99), weight_decay=0.0)
+
+
+class FlowMatchingModule(L.LightningModule):
+    """Pretrain the backbone's base transformer (the future teacher) by rectified flow matching.
+
+    Batches are ``{"images": uint8 (N, 3, H, W), "prompts": [str]}``.
+
+    Args:
+        backbone: The model; its base transformer is trained from its current weights.
+        optimizer: Optimizer of the transformer's parameters.
+        shift: Time shift of the training levels ``s = S(u)``, ``u ~ U[0, 1]`` (1 = uniform).
+        null_prompt_probability: Probability of replacing a prompt by the empty prompt (for guidance).
+        sample_steps: Euler steps of the samples logged at validation.
+        guidance_scale: Classifier-free guidance of those samples.
+        log_images_every_n_steps: Log a grid of samples every this many steps (0: never).
+        export_dir: Where to write the trained pipeline (a ``from_pretrained`` folder) at the end of training.
+    """
+
+    def __init__(
+        self,
+        backbone: RectifiedFlowBackbone,
+        optimizer: OptimizerCallable = _adamw,
+        shift: float = 1.0,
+        null_prompt_probability: float = 0.1,
+        sample_steps: int = 50,
+        guidance_scale: float = 4.5,
+        log_images_every_n_steps: int = 500,
+        export_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= null_prompt_probability < 1.0:
+            raise ValueError(f"null_prompt_probability must be in [0, 1), got {null_prompt_probability}")
+        self.save_hyperparameters(ignore=["backbone", "optimizer"])
+        self.backbone = backbone
+        self.optimizer = optimizer
+        self._built = False
+
+    def configure_model(self) -> None:
+        if self._built:
+            return
+        self.backbone.build([])
+        self.backbone.roles.base.requires_grad_(True).train()
+        self._built = True
+
+    def configure_optimizers(self):
+        return self.optimizer([p for p in self.backbone.roles.base.parameters() if p.requires_grad])
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Only the trained transformer: text encoders (and a VAE) are frozen and come from the pipeline folder.
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("backbone.roles.base.")}
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        hp = self.hparams
+        x0 = self.backbone.encode_images(batch["images"].to(self.device))
+        prompts = [
+            "" if torch.rand(()).item() < hp.null_prompt_probability else p for p in batch["prompts"]
+        ]
+        cond = self.backbone.encode_prompts(prompts)
+        s = time_shift(torch.rand(x0.shape[0], device=self.device), hp.shift)
+        eps = torch.randn_like(x0)
+        x_s = (1 - s.view(-1, 1, 1, 1)) * x0 + s.view(-1, 1, 1, 1) * eps
+        v = self.backbone.velocity(TEACHER, x_s, s, cond)
+        loss = torch.nn.functional.mse_loss(v.float(), (eps - x0).float())
+        self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=x0.shape[0])
+        if hp.log_images_every_n_steps and self.global_step % hp.log_images_every_n_steps == 0 and self.global_step > 0:
+            self._log_samples(batch["prompts"][:16])
+        return loss
+
+    @torch.no_grad()
+    def sample(self, prompts: list[str], steps: int | None = None, guidance_scale: float | None = None, seed: int = 0) -> Tensor:
+        """``uint8`` images of ``prompts`` by Euler sampling with classifier-free guidance."""
+        hp, bb = self.hparams, self.backbone
+        steps = steps or hp.sample_steps
+        scale = hp.guidance_scale if guidance_scale is None else guidance_scale
+        cond = bb.encode_prompts(prompts)
+        noise = torch.randn((len(prompts), *bb.latent_shape), generator=torch.Generator(self.device).manual_seed(seed), device=self.device)
+        trajectory = sample_trajectory(lambda x, s: bb.guided_velocity(TEACHER, x, s, cond, scale), noise, step_boundaries(steps, 3.0))
+        return bb.decode(trajectory[-1])
+
+    def _log_samples(self, prompts: list[str]) -> None:
+        experiment = getattr(self.logger, "experiment", None)
+        if experiment is None or not hasattr(experiment, "add_image") or not self.trainer.is_global_zero:
+            return
+        from torchvision.utils import make_grid
+
+        was_training = self.backbone.roles.base.training
+        self.backbone.roles.base.eval()
+        images = self.sample(prompts)
+        self.backbone.roles.base.train(was_training)
+        experiment.add_image("pretrain/samples", make_grid(images.cpu(), nrow=int(math.ceil(math.sqrt(len(images))))), self.global_step)
+
+    def on_train_end(self) -> None:
+        if self.hparams.export_dir and self.trainer.is_global_zero:
+            export_pipeline(self.backbone, self.hparams.export_dir)
+
+
+def export_pipeline(backbone: RectifiedFlowBackbone, directory: str | Path) -> Path:
+    """Write the backbone's pipeline with its current base transformer into ``directory`` (from_pretrained-ready).
+
+    Components other than the transformer are copied from the folder the backbone was loaded from.
+    """
+    directory = Path(directory)
+    source = Path(backbone.pretrained_model)
+    tmp = directory.with_name(f".{directory.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("transformer"))
+    backbone.roles.base.save_pretrained(tmp / "transformer", safe_serialization=True)
+    if directory.exists():
+        shutil.rmtree(directory)
+    tmp.rename(directory)
+    return directory
