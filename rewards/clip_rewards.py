@@ -50,6 +50,16 @@ class _ClipBacked(Reward):
         state["_encoder"] = None
         return state
 
+    def load(self) -> None:
+        self._clip()
+
+    def _cosine(self, images: Tensor, prompts: list[str]) -> tuple[ClipEncoder, Tensor]:
+        """The encoder and ``cos(image, prompt)`` of each sample."""
+        enc = self._clip()
+        image_features = enc.encode_images(images, self.batch_size)
+        text_features = enc.encode_text(prompts, self.batch_size)
+        return enc, (image_features * text_features).sum(-1)
+
 
 class CLIPScore(_ClipBacked):
     """CLIP score: cosine of image and prompt embeddings of CLIP ViT-L/14 (Flow-GRPO's logits / 100), in [-1, 1].
@@ -83,14 +93,8 @@ class CLIPScore(_ClipBacked):
     def _fetch(self) -> ClipEncoder:
         return load_open_clip(self.model, self.pretrained, self.device, self.precision)
 
-    def load(self) -> None:
-        self._clip()
-
     def score(self, images: Tensor, prompts: list[str], metadata: list[dict]) -> RewardOutput:
-        enc = self._clip()
-        image_features = enc.encode_images(images, self.batch_size)
-        text_features = enc.encode_text(prompts, self.batch_size)
-        cosine = (image_features * text_features).sum(-1)
+        _, cosine = self._cosine(images, prompts)
         return RewardOutput(scores=(100.0 * cosine / 100.0).cpu())
 
 
@@ -129,14 +133,9 @@ class PickScore(_ClipBacked):
     def _fetch(self) -> ClipEncoder:
         return load_hf_clip(self.model, self.processor, self.device, self.precision)
 
-    def load(self) -> None:
-        self._clip()
-
     def score(self, images: Tensor, prompts: list[str], metadata: list[dict]) -> RewardOutput:
-        enc = self._clip()
-        image_features = enc.encode_images(images, self.batch_size)
-        text_features = enc.encode_text(prompts, self.batch_size)
-        raw = (enc.logit_scale * (image_features * text_features).sum(-1)).cpu()
+        enc, cosine = self._cosine(images, prompts)
+        raw = (enc.logit_scale * cosine).cpu()
         return RewardOutput(scores=raw / self.divisor, details={"pickscore": raw.tolist()})
 
 

@@ -250,15 +250,9 @@ def metadata_problem(metadata: Any, classes: Iterable[str] | None = None) -> str
         return "field 'include' must be a non-empty list of {class, count} objects"
     for j, req in enumerate(include):
         where = f"include[{j}]"
-        if not isinstance(req, dict):
-            return f"{where} is not an object"
-        for key in ("class", "count"):
-            if key not in req:
-                return f"{where} is missing field {key!r}"
-        if known is not None and req["class"] not in known:
-            return f"{where} class {req['class']!r} is not a class of the detector"
-        if not _is_count(req["count"]):
-            return f"{where} field 'count' must be an integer >= 1, got {req['count']!r}"
+        problem = _clause_problem(req, where, known)
+        if problem:
+            return problem
         if "color" in req and req["color"] not in COLORS:
             return f"{where} field 'color' is {req['color']!r}, not one of {', '.join(COLORS)}"
         if "position" in req:
@@ -275,16 +269,23 @@ def metadata_problem(metadata: Any, classes: Iterable[str] | None = None) -> str
     if not isinstance(exclude, list):
         return "field 'exclude' must be a list of {class, count} objects"
     for j, req in enumerate(exclude):
-        where = f"exclude[{j}]"
-        if not isinstance(req, dict):
-            return f"{where} is not an object"
-        for key in ("class", "count"):
-            if key not in req:
-                return f"{where} is missing field {key!r}"
-        if known is not None and req["class"] not in known:
-            return f"{where} class {req['class']!r} is not a class of the detector"
-        if not _is_count(req["count"]):
-            return f"{where} field 'count' must be an integer >= 1, got {req['count']!r}"
+        problem = _clause_problem(req, f"exclude[{j}]", known)
+        if problem:
+            return problem
+    return None
+
+
+def _clause_problem(req: Any, where: str, known: set[str] | None) -> str | None:
+    """What is wrong with one ``{class, count}`` clause (include or exclude), or None."""
+    if not isinstance(req, dict):
+        return f"{where} is not an object"
+    for key in ("class", "count"):
+        if key not in req:
+            return f"{where} is missing field {key!r}"
+    if known is not None and req["class"] not in known:
+        return f"{where} class {req['class']!r} is not a class of the detector"
+    if not _is_count(req["count"]):
+        return f"{where} field 'count' must be an integer >= 1, got {req['count']!r}"
     return None
 
 
