@@ -2,7 +2,7 @@
 
 ``tdmr1 fit --config configs/sd35_ocr.yaml`` trains; ``tdmr1 fit --help`` lists every argument with
 the help taken from the docstrings; ``--print_config`` shows the resolved configuration; ``tdmr1 rewards list`` shows the
-installed rewards.
+installed rewards; ``tdmr1 evaluate`` scores a prompt set through a checkpoint (see ``evaluate.py``).
 """
 
 from __future__ import annotations
@@ -65,6 +65,10 @@ def main(args: list[str] | None = None) -> int | None:
     args = sys.argv[1:] if args is None else args
     if args[:1] == ["rewards"]:
         return rewards_command(args[1:])
+    if args[:1] == ["evaluate"]:
+        from .evaluate import main as evaluate_main
+
+        return evaluate_main(args[1:])
     build_cli(args)
     return None
 

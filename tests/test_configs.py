@@ -86,3 +86,11 @@ def test_unresolvable_model_fails_before_models_load(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(Exception, match="not in the hub cache"):
         build_cli(["--config", "configs/sd35_tdm.yaml", "--data.train_prompts=configs/prompts/tiny_train.txt", f"--trainer.default_root_dir={tmp_path}", "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.precision=32-true"], run=False)
+
+
+def test_tdmr1_dispatches_evaluate(capsys):
+    from tdmr1_lightning.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--help"])
+    assert exit_info.value.code == 0 and "usage: tdmr1 evaluate" in capsys.readouterr().out
