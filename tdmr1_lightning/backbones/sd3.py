@@ -107,6 +107,9 @@ class SD3Backbone(RectifiedFlowBackbone):
 
     # -- the interface --------------------------------------------------------------------------
 
+    pixel_space = False
+    """Whether latents are pixels (no VAE)."""
+
     def _components(self) -> dict:
         """Pipeline components to override when loading (none for SD3)."""
         return {}
@@ -168,6 +171,8 @@ class PixelSD3Backbone(SD3Backbone):
     ``model_index.json``, as ``build_tiny_sd3(..., pixel_space=True)`` writes). Arguments as
     :class:`SD3Backbone`.
     """
+
+    pixel_space = True
 
     def _components(self) -> dict:
         return {"vae": None}

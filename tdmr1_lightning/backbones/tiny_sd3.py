@@ -6,7 +6,7 @@ from typing import Literal, Sequence
 
 from ..tiny import ensure_tiny_sd3
 from .base import DEFAULT_LORA_TARGETS, RolesAs
-from .sd3 import SD3Backbone
+from .sd3 import PixelSD3Backbone, SD3Backbone
 
 
 class TinySD3Backbone(SD3Backbone):
@@ -26,6 +26,10 @@ class TinySD3Backbone(SD3Backbone):
         generator_checkpoint: Optional LoRA state dict to start the generator from.
         dtype: Storage dtype of the frozen weights.
         max_sequence_length: T5 tokens per prompt.
+        num_layers: Transformer blocks (used only when the folder is built).
+        attention_head_dim: Attention head size (idem).
+        num_attention_heads: Attention heads (idem).
+        patch_size: Transformer patch size (idem).
     """
 
     def __init__(
@@ -40,10 +44,24 @@ class TinySD3Backbone(SD3Backbone):
         generator_checkpoint: str | None = None,
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         max_sequence_length: int = 64,
+        num_layers: int = 2,
+        attention_head_dim: int = 16,
+        num_attention_heads: int = 2,
+        patch_size: int = 2,
     ) -> None:
-        path = ensure_tiny_sd3(directory, resolution=resolution, seed=seed)
+        path = ensure_tiny_sd3(
+            directory, resolution=resolution, seed=seed, num_layers=num_layers, attention_head_dim=attention_head_dim,
+            num_attention_heads=num_attention_heads, patch_size=patch_size, pixel_space=self.pixel_space,
+        )
         super().__init__(
             str(path), resolution=resolution, roles_as=roles_as, lora_rank=lora_rank, lora_alpha=lora_alpha,
             lora_target_modules=lora_target_modules, generator_checkpoint=generator_checkpoint, dtype=dtype,
             max_sequence_length=max_sequence_length,
         )
+
+
+class TinyPixelSD3Backbone(PixelSD3Backbone, TinySD3Backbone):
+    """:class:`TinySD3Backbone` in pixel space (no VAE): the denoiser of the embedded shapes world.
+
+    Arguments as :class:`TinySD3Backbone`; a folder built here has ``vae: null``.
+    """

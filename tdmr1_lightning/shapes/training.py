@@ -1,0 +1,71 @@
+"""The shapes world as training parts: a data module of rendered scenes and its GenEval reward."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from tdmr1_rewards.geneval import GenEvalReward
+
+from .detector import ShapesDetector
+from .world import ShapesDataset, World, collate_shapes, held_out_combinations
+
+
+def _collate(batch) -> dict[str, Any]:
+    images, prompts, metadata = collate_shapes(batch)
+    return {"images": images, "prompts": prompts, "metadata": metadata}
+
+
+class ShapesDataModule(L.LightningDataModule):
+    """Freshly rendered scenes of the shapes world with their prompts (teacher pretraining).
+
+    Prompts come from the world's training split: whole combinations held out for evaluation
+    (``held_out_fraction``, ``held_out_seed``; the same as ``python -m tdmr1_lightning.shapes.world``)
+    are never drawn.
+
+    Args:
+        world: Fields of :class:`~tdmr1_lightning.shapes.world.World` (empty: the default world).
+        batch_size: Scenes per batch.
+        steps_per_epoch: Batches per epoch (scenes are drawn fresh for every index).
+        seed: Seed of the scenes.
+        held_out_fraction: Fraction of combinations held out (0: none).
+        held_out_seed: Seed of the held-out split.
+        num_workers: DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        world: dict[str, Any] | None = None,
+        batch_size: int = 64,
+        steps_per_epoch: int = 1000,
+        seed: int = 0,
+        held_out_fraction: float = 0.25,
+        held_out_seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or steps_per_epoch < 1:
+            raise ValueError(f"batch_size and steps_per_epoch must be >= 1, got {batch_size}, {steps_per_epoch}")
+        self.world = World(**(world or {}))
+        held_out = held_out_combinations(self.world, held_out_fraction, held_out_seed) if held_out_fraction > 0 else None
+        self.dataset = ShapesDataset(self.world, batch_size * steps_per_epoch, seed, held_out=held_out)
+        self.batch_size, self.num_workers = batch_size, num_workers
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True, collate_fn=_collate,
+                          num_workers=self.num_workers, generator=torch.Generator().manual_seed(self.dataset.seed))
+
+
+class ShapesGenEval(GenEvalReward):
+    """GenEval scoring of the shapes world with its exact, non-learned detector (no model to load).
+
+    Args:
+        world: Fields of the World the images come from (empty: the default world).
+        mode: ``soft`` (training score) or ``strict`` (the benchmark's ``correct``).
+    """
+
+    def __init__(self, world: dict[str, Any] | None = None, mode: Literal["soft", "strict"] = "soft") -> None:
+        super().__init__(detector=ShapesDetector(World(**(world or {}))), mode=mode)
