@@ -161,3 +161,14 @@ def test_two_rewards_combined_by_advantages(tmp_path, tiny_sd3_path):
     metrics = cli.trainer.logged_metrics
     assert "reward/jpeg_compressibility_0/mean" in metrics and "reward/jpeg_compressibility_1/mean" in metrics
     assert torch.isfinite(metrics["loss/surrogate"])
+
+
+def test_generator_starts_from_a_tdm_run_checkpoint(tmp_path, tiny_sd3_path):
+    first = build_cli(tiny_args(tmp_path / "tdm", tiny_sd3_path, "--trainer.logger=false", "--trainer.max_steps=2", "--model.rewards=null"), run=False)
+    first.trainer.fit(first.model, first.datamodule)
+    ckpt = next((tmp_path / "tdm").rglob("last.ckpt"))
+    second = build_cli(tiny_args(tmp_path / "r1", tiny_sd3_path, f"--model.backbone.init_args.generator_checkpoint={ckpt}"), run=False)
+    second.model.configure_model()
+    trained = first.model.backbone.roles.parameters_of(GENERATOR_EMA)
+    for role in (GENERATOR, GENERATOR_EMA):
+        assert all(torch.equal(a, b) for a, b in zip(trained, second.model.backbone.roles.parameters_of(role))), role

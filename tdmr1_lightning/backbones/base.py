@@ -84,7 +84,7 @@ DEFAULT_LORA_TARGETS = (
     "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
 )
 _LORA_SUFFIX_ALIASES = {".lora_down.": ".lora_A.", ".lora_up.": ".lora_B."}
-_LORA_PREFIXES = ("base_model.model.", "transformer.", "model.diffusion_model.", "diffusion_model.")
+_LORA_PREFIXES = ("backbone.roles.base.", "base_model.model.", "transformer.", "model.diffusion_model.", "diffusion_model.")
 LORA_FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
 
@@ -119,7 +119,8 @@ def load_lora_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
 
     Keys are normalised to ``<module path>.lora_A.weight`` / ``.lora_B.weight`` (diffusers / peft
     formats with or without a ``transformer.`` or ``base_model.model.`` prefix; kohya-style
-    ``lora_down`` / ``lora_up``).
+    ``lora_down`` / ``lora_up``). A Lightning checkpoint of this project gives its generator EMA
+    (a TDM run's student, to start TDM-R1 from).
     """
     path = check_lora_file(path)
     if path.suffix == ".safetensors":
@@ -136,6 +137,7 @@ def load_lora_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
                 raw = raw[key]
     if not isinstance(raw, dict) or not all(isinstance(v, Tensor) for v in raw.values()):
         raise LoraCheckpointError(f"generator_checkpoint: {path} is not a flat dictionary of tensors")
+    raw = _own_checkpoint_generator(raw)
     out: dict[str, Tensor] = {}
     for key, value in raw.items():
         if ".alpha" in key or not (".lora_" in key):
@@ -149,6 +151,16 @@ def load_lora_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     if not out:
         raise LoraCheckpointError(f"generator_checkpoint: {path} holds no LoRA tensors")
     return out
+
+
+def _own_checkpoint_generator(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """From a checkpoint of this project (role adapters by name), the generator EMA's (else the generator's) LoRA."""
+    for role in (GENERATOR_EMA, GENERATOR):
+        infix = f".{role}."
+        picked = {k.replace(infix, "."): v for k, v in state.items() if ".lora_" in k and infix in k}
+        if picked:
+            return picked
+    return state
 
 
 class RoleTransformers(nn.Module):
