@@ -16,21 +16,11 @@ from tdmr1_rewards.detectors import (
     Detector,
     Mask2FormerDetector,
     boxes_from_masks,
-    build_tiny_clip,
-    build_tiny_mask2former,
     canonical_label,
     masked_crop,
 )
 
 
-@pytest.fixture(scope="module")
-def tiny_mask2former(tmp_path_factory):
-    return build_tiny_mask2former(tmp_path_factory.mktemp("mask2former"))
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    return build_tiny_clip(tmp_path_factory.mktemp("clip"))
 
 
 # ----------------------------------------------------------------------------------------- labels

@@ -485,15 +485,3 @@ def test_real_stack_end_to_end(tiny_mask2former, tiny_clip):
     assert Spy.calls == 1
 
 
-@pytest.fixture(scope="module")
-def tiny_mask2former(tmp_path_factory):
-    from tdmr1_rewards.detectors import build_tiny_mask2former
-
-    return build_tiny_mask2former(tmp_path_factory.mktemp("mask2former"))
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    from tdmr1_rewards.detectors import build_tiny_clip
-
-    return build_tiny_clip(tmp_path_factory.mktemp("clip"))
