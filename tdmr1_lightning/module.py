@@ -77,6 +77,8 @@ class TDMR1Module(L.LightningModule):
         overlap_rewards: Score rewards in a background thread while the fake-score and generator
             losses (which need no advantages) are computed. ``auto``: on when training on a GPU; on a
             CPU both would compete for the same cores (measured slower on 2 cores).
+        freeze_surrogate_after: Stop training the surrogate after this many generator updates (the
+            paper's frozen-surrogate ablation); ``None`` keeps it online, re-trained every step.
         generator_optimizer: Optimizer of the generator's parameters.
         critic_optimizer: Optimizer of the fake score and the surrogate (two parameter groups).
         fake_param_group: Per-group settings of the fake score (override the critic optimizer's).
@@ -120,6 +122,7 @@ class TDMR1Module(L.LightningModule):
         reward_combination: Literal["sum", "advantages"] = "sum",
         eval_rewards: list[dict[str, Any]] | None = None,
         overlap_rewards: bool | Literal["auto"] = "auto",
+        freeze_surrogate_after: int | None = None,
         generator_optimizer: OptimizerCallable = _adamw(7.5e-5, (0.0, 0.999)),
         critic_optimizer: OptimizerCallable = _adamw(3e-4, (0.0, 0.999)),
         fake_param_group: dict[str, Any] | None = None,
@@ -337,7 +340,7 @@ class TDMR1Module(L.LightningModule):
                     advantages, reward_metrics = self._finish_scoring(scoring, group)
                     metrics.update(reward_metrics)
                     scoring = None
-                if self.rewards is not None:
+                if self.rewards is not None and not self._surrogate_frozen:
                     for mb, _, j_reward in plan:
                         _append(sums, self._surrogate_loss(trajectory[:, mb], cond[mb], advantages[mb], group[mb], j_reward, levels, noise, scale, nonfinite))
             if self._any_process(bool(nonfinite)):
@@ -348,6 +351,11 @@ class TDMR1Module(L.LightningModule):
         self._nonfinite_in_a_row = 0
         metrics.update({k: torch.stack(v).mean() for k, v in sums.items()})
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=n)
+
+    @property
+    def _surrogate_frozen(self) -> bool:
+        after = self.hparams.freeze_surrogate_after
+        return after is not None and self.global_step >= after
 
     def _start_scoring(self, images: Tensor, prompts: list[str], metadata: list[dict]) -> Future:
         """Score in a background thread (``overlap_rewards``) or now; the result is a Future either way."""

@@ -172,3 +172,18 @@ def test_generator_starts_from_a_tdm_run_checkpoint(tmp_path, tiny_sd3_path):
     trained = first.model.backbone.roles.parameters_of(GENERATOR_EMA)
     for role in (GENERATOR, GENERATOR_EMA):
         assert all(torch.equal(a, b) for a, b in zip(trained, second.model.backbone.roles.parameters_of(role))), role
+
+
+def test_frozen_surrogate_stops_changing(tmp_path, tiny_sd3_path):
+    seen = []
+
+    class Watch(L.Callback):
+        def on_train_batch_end(self, trainer, module, *args):
+            seen.append([p.detach().clone() for p in module.backbone.roles.parameters_of(SURROGATE)])
+
+    cli = build_cli(tiny_args(tmp_path, tiny_sd3_path, "--trainer.logger=false", "--trainer.max_steps=3", "--model.freeze_surrogate_after=1"), run=False)
+    snap = Snapshot()
+    cli.trainer.callbacks += [snap, Watch()]
+    cli.trainer.fit(cli.model, cli.datamodule)
+    assert _changed(snap.roles[SURROGATE], seen[0])  # trained in the first step ...
+    assert not _changed(seen[0], seen[2])  # ... then frozen
