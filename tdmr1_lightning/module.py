@@ -10,7 +10,6 @@ logging and checkpoint intervals count what a user expects.
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
@@ -34,6 +33,7 @@ from .backbones.base import (
     Condition,
     RectifiedFlowBackbone,
 )
+from .image_logging import log_image_grid
 from .registry import RewardSpec
 from .reward import WeightedRewards
 from .sampler import sample_trajectory
@@ -308,7 +308,7 @@ class TDMR1Module(L.LightningModule):
             images = self.decode(trajectory[-1])
             scoring = self._start_scoring(images, prompts, metadata)
             if hp.log_images_every_n_steps and step % hp.log_images_every_n_steps == 0:
-                self._log_images("train/rollouts", images)
+                log_image_grid(self, "train/rollouts", images)
         advantages = torch.zeros(n, device=self.device)
 
         mbs = hp.micro_batch_size
@@ -562,15 +562,6 @@ class TDMR1Module(L.LightningModule):
             })
         return metrics
 
-    def _log_images(self, tag: str, images: Tensor, max_images: int = 16) -> None:
-        experiment = getattr(self.logger, "experiment", None)
-        if experiment is None or not hasattr(experiment, "add_image") or not self.trainer.is_global_zero:
-            return
-        from torchvision.utils import make_grid
-
-        grid = make_grid(images[:max_images].cpu(), nrow=int(math.ceil(math.sqrt(min(len(images), max_images)))))
-        experiment.add_image(tag, grid, self.global_step)
-
     # ------------------------------------------------------------------------------------------
     # Evaluation and inference
     # ------------------------------------------------------------------------------------------
@@ -578,7 +569,7 @@ class TDMR1Module(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         images = self.generate(batch["prompts"], GENERATOR_EMA, seed=self.hparams.seed + batch_idx)
         if batch_idx == 0:
-            self._log_images("val/samples", images)
+            log_image_grid(self, "val/samples", images)
         if self.eval_rewards is not None:
             for label, (out, _) in self.eval_rewards.to(self.device)(images, batch["prompts"], batch["metadata"]).items():
                 if out.valid.any():

@@ -8,7 +8,6 @@ prompts are dropped to the empty prompt with some probability so that classifier
 
 from __future__ import annotations
 
-import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
 from .backbones.base import TEACHER, RectifiedFlowBackbone
+from .image_logging import image_logger_ready, log_image_grid
 from .sampler import sample_trajectory
 from .schedule import step_boundaries, time_shift
 
@@ -105,16 +105,12 @@ class FlowMatchingModule(L.LightningModule):
         return bb.decode(trajectory[-1])
 
     def _log_samples(self, prompts: list[str]) -> None:
-        experiment = getattr(self.logger, "experiment", None)
-        if experiment is None or not hasattr(experiment, "add_image") or not self.trainer.is_global_zero:
+        if not image_logger_ready(self):
             return
-        from torchvision.utils import make_grid
-
         was_training = self.backbone.roles.base.training
         self.backbone.roles.base.eval()
-        images = self.sample(prompts)
+        log_image_grid(self, "pretrain/samples", self.sample(prompts))
         self.backbone.roles.base.train(was_training)
-        experiment.add_image("pretrain/samples", make_grid(images.cpu(), nrow=int(math.ceil(math.sqrt(len(images))))), self.global_step)
 
     def on_train_end(self) -> None:
         if self.hparams.export_dir and self.trainer.is_global_zero:
