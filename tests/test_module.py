@@ -64,6 +64,12 @@ def test_fit_two_epochs_trains_the_roles_and_not_the_teacher(tmp_path, tiny_sd3_
     for key in ["loss/fake", "loss/surrogate", "loss/generator", "reward/mean", "advantage/abs_mean", "surrogate/kl", "grad_norm/generator"]:
         assert key in metrics and torch.isfinite(metrics[key]), key
 
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next(Path(tmp_path).rglob("events.out.tfevents*"))))
+    events.Reload()
+    assert "train/rollouts" in events.Tags()["images"]
+
     # the checkpoint holds the roles only, and loads back into a fresh module
     ckpt = next(Path(tmp_path).rglob("last.ckpt"))
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
