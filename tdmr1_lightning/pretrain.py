@@ -132,3 +132,44 @@ def export_pipeline(backbone: RectifiedFlowBackbone, directory: str | Path) -> P
         shutil.rmtree(directory)
     tmp.rename(directory)
     return directory
+
+
+def export_checkpoint(config: str, checkpoint: str, out: str, overrides: list[str] | None = None) -> Path:
+    """Build the module of a pretraining ``config``, load ``checkpoint`` and export its pipeline to ``out``.
+
+    With Lightning's ``EMAWeightAveraging`` callback the checkpoint's weights are the EMA's.
+    """
+    from .cli import build_cli
+
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+    module = build_cli(["--config", config, *(overrides or []), "--trainer.logger=false"], run=False).model
+    if not isinstance(module, FlowMatchingModule):
+        raise ValueError(f"{config} does not configure a FlowMatchingModule (model.class_path)")
+    module.configure_model()
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    missing = set(k for k in module.state_dict() if k.startswith("backbone.roles.base.")) - set(state)
+    if missing:
+        raise ValueError(f"checkpoint {checkpoint} lacks {len(missing)} transformer weights, e.g. {sorted(missing)[:3]}")
+    module.load_state_dict(state, strict=False)
+    return export_pipeline(module.backbone, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tdmr1_lightning.pretrain export``: a pretraining checkpoint to a pipeline folder."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tdmr1_lightning.pretrain", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    export = sub.add_parser("export", help="write a from_pretrained pipeline folder from a checkpoint")
+    export.add_argument("--config", required=True, help="the pretraining config (e.g. configs/shapes/teacher.yaml)")
+    export.add_argument("--ckpt", required=True, help="a checkpoint of that run")
+    export.add_argument("--out", required=True, help="the pipeline folder to write")
+    export.add_argument("overrides", nargs="*", help="extra config arguments, e.g. --model.init_args.backbone.init_args.directory=DIR")
+    args = parser.parse_args(argv)
+    print(export_checkpoint(args.config, args.ckpt, args.out, args.overrides))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

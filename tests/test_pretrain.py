@@ -53,3 +53,29 @@ def test_flow_matching_learns_and_exports(tmp_path):
     c = exported.encode_prompts(["red", "blue"])
     with torch.no_grad():
         assert torch.allclose(exported.velocity(TEACHER, x, 0.5, c), module.backbone.velocity(TEACHER, x, 0.5, module.backbone.encode_prompts(["red", "blue"])), atol=1e-5)
+
+
+def test_export_from_a_checkpoint(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from tdmr1_lightning.cli import build_cli
+    from tdmr1_lightning.pretrain import export_checkpoint
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    overrides = [f"--model.init_args.backbone.init_args.directory={tmp_path / 'init'}", "--model.init_args.backbone.init_args.num_layers=1"]
+    cli = build_cli(["--config", "configs/shapes/teacher.yaml", *overrides, "--data.init_args.batch_size=4", "--trainer.max_steps=2",
+                     f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+                     "--model.init_args.export_dir=null"], run=False)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    ckpt = next(tmp_path.rglob("last.ckpt"))
+    out = export_checkpoint("configs/shapes/teacher.yaml", str(ckpt), str(tmp_path / "exported"), overrides)
+    exported = PixelSD3Backbone(str(out), resolution=32, max_sequence_length=16)
+    exported.build([])
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    for name, param in exported.roles.base.named_parameters():
+        assert torch.equal(param, saved[f"backbone.roles.base.{name}"]), name
+    with torch.no_grad():
+        x = torch.randn(2, 3, 32, 32)
+        c = exported.encode_prompts(["a photo of a red circle", ""])
+        assert torch.isfinite(exported.velocity(TEACHER, x, 0.5, c)).all()
