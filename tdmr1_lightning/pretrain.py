@@ -172,4 +172,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run the package's copy, so that isinstance checks see the classes the CLI instantiates.
+    from tdmr1_lightning.pretrain import main as package_main
+
+    raise SystemExit(package_main())
