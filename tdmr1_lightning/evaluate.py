@@ -33,13 +33,17 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from torch import Tensor
 
 __all__ = [
+    "EvaluateOnFit",
     "EvaluationError",
     "TEACHER_DEFAULT_STEPS",
     "build_parser",
+    "evaluate_samples",
+    "format_comparison",
     "format_table",
     "main",
     "mean_and_se",
@@ -240,6 +244,44 @@ def format_table(summary: dict[str, Any], title: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def format_comparison(rows: Sequence[tuple[str, dict[str, Any]]], title: str | None = None) -> str:
+    """One Markdown row per evaluated model (``(label, summarise(...))`` pairs over one prompt set).
+
+    Columns: for each reward with a ``correct`` detail, the per-tag accuracies and the Overall (mean over
+    tags) with its 95% interval; for every other reward, its mean score ± standard error over all samples.
+    """
+    if not rows:
+        return ""
+    first = rows[0][1]
+    tags = [t for t in first["tags"] if t != ALL_TAG]
+    header, kinds = ["model"], []
+    for label, entry in first["rewards"].items():
+        if entry.get("accuracy") is not None:
+            header += [GENEVAL_COLUMNS.get(t, t) for t in tags] + [f"{label} Overall [95% CI]"]
+            kinds.append((label, "accuracy"))
+        else:
+            header.append(f"{label} (mean ± se)")
+            kinds.append((label, "mean"))
+    lines = [] if title is None else [title, ""]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|:--" + "|--:" * (len(header) - 1) + "|")
+    for name, summary in rows:
+        cells = [name]
+        for label, kind in kinds:
+            entry = summary["rewards"].get(label)
+            if entry is None:
+                cells += ["–"] * (len(tags) + 1 if kind == "accuracy" else 1)
+            elif kind == "accuracy":
+                acc = entry["accuracy"]
+                cells += [_fmt_fraction(acc["per_tag"][t]["fraction"], None) if t in acc["per_tag"] else "–" for t in tags]
+                overall = acc["overall"]
+                cells.append(_fmt_fraction(overall["value"], overall["ci95"]) if overall else "–")
+            else:
+                cells.append(_fmt_mean(entry["overall"]["mean"], entry["overall"]["se"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------------------------------
 # Sampling
 # --------------------------------------------------------------------------------------------------
@@ -272,6 +314,86 @@ def sample_images(
         for s, s_next in zip(boundaries[:-1], boundaries[1:]):
             x = euler_step(x, s, s_next, backbone.guided_velocity(role, x, s, cond, guidance))
     return module.decode(x)
+
+
+def evaluate_samples(
+    module: Any,
+    prompts: list[str],
+    metadata: list[dict],
+    tags: list[str],
+    *,
+    role: str,
+    boundaries: list[float],
+    guidance: float,
+    rewards: Any,
+    images_per_prompt: int = 1,
+    seed: int = 0,
+    batch_size: int = 64,
+    forward_context: Any = nullcontext,
+    progress: bool = True,
+    on_images: Any = None,
+) -> dict[str, Any]:
+    """Sample every prompt ``images_per_prompt`` times from ``role`` and score the images.
+
+    Args:
+        module: A loaded :class:`~tdmr1_lightning.module.TDMR1Module` (in eval mode, on its device).
+        prompts, metadata, tags: The prompt records and each one's table tag.
+        role, boundaries, guidance: What samples, over which step boundaries, with which guidance.
+        rewards: A :class:`~tdmr1_lightning.reward.WeightedRewards`, or None to only sample.
+        images_per_prompt, seed, batch_size: Samples per prompt; the noise seed (per sample, see
+            :func:`sample_noise`); samples per forward batch.
+        forward_context: Context manager factory wrapped around each sampling call (mixed precision).
+        progress: Show a progress bar on stderr.
+        on_images: Called as ``on_images(batch, images)`` with each batch's ``(prompt, image)`` indices
+            and its ``uint8`` images on the CPU.
+
+    Returns:
+        ``samples`` (the ``(prompt, image)`` indices), ``scores`` and ``correct`` per reward label (None
+        where invalid; ``correct`` None for a reward without it), ``summary`` (:func:`summarise`),
+        ``sample_s`` and ``score_s`` (seconds).
+    """
+    from tqdm import tqdm
+
+    samples = [(p, k) for p in range(len(prompts)) for k in range(images_per_prompt)]
+    batches = [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
+    labels = [label for label, _, _ in rewards.items] if rewards is not None else []
+    scores: dict[str, list[float | None]] = {label: [] for label in labels}
+    correct: dict[str, list[bool | None] | None] = {label: [] for label in labels}
+    device = module.device
+    sample_s = score_s = 0.0
+    steps = len(boundaries) - 1
+    bar = tqdm(batches, desc=f"{role} {steps} steps", unit="batch", disable=not progress, file=sys.stderr)
+    for batch in bar:
+        batch_prompts = [prompts[p] for p, _ in batch]
+        batch_meta = [metadata[p] for p, _ in batch]
+        noise = torch.stack([sample_noise(module.backbone.latent_shape, seed, p, k) for p, k in batch])
+        t0 = time.perf_counter()
+        with forward_context():
+            images = sample_images(module, batch_prompts, noise, role, boundaries, guidance)
+        _sync(device)
+        t1 = time.perf_counter()
+        sample_s += t1 - t0
+        if rewards is not None:
+            outputs = rewards(images, batch_prompts, batch_meta)
+            for label, (out, _) in outputs.items():
+                valid = out.valid.tolist()
+                scores[label] += [float(s) if v else None for s, v in zip(out.scores.tolist(), valid)]
+                flags = out.details.get("correct")
+                if flags is None or correct[label] is None:
+                    correct[label] = None
+                    continue
+                flags = flags.tolist() if isinstance(flags, Tensor) else list(flags)
+                if len(flags) != len(batch):
+                    raise EvaluationError(f"reward {label!r}: details['correct'] has {len(flags)} entries for {len(batch)} images")
+                correct[label] += [bool(f) if v else None for f, v in zip(flags, valid)]
+            score_s += time.perf_counter() - t1
+        if on_images is not None:
+            on_images(batch, images.cpu())
+    bar.close()
+    weights = {label: weight for label, _, weight in rewards.items} if rewards is not None else {}
+    summary = summarise([tags[p] for p, _ in samples], scores, correct, weights)
+    return {"samples": samples, "scores": scores, "correct": correct, "summary": summary,
+            "sample_s": sample_s, "score_s": score_s}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -624,42 +746,11 @@ def run(options: argparse.Namespace, passthrough: Sequence[str] = (), fail=None)
     # -- sample and score
     ipp = options.images_per_prompt
     batch_size = options.batch_size or module.rollout_batch_size
-    samples = [(p, k) for p in range(len(records)) for k in range(ipp)]
-    batches = [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
     labels = [label for label, _, _ in rewards.items] if rewards is not None else []
-    scores: dict[str, list[float | None]] = {label: [] for label in labels}
-    correct: dict[str, list[bool | None] | None] = {label: [] for label in labels}
     out_dir = Path(options.out) if options.out is not None else None
     grid_images: list[Tensor] = []
-    sample_s = score_s = 0.0
-    from tqdm import tqdm
 
-    bar = tqdm(batches, desc=f"{options.role} {steps} steps", unit="batch", disable=not options.progress, file=sys.stderr)
-    for batch in bar:
-        batch_prompts = [prompts[p] for p, _ in batch]
-        batch_meta = [metadata[p] for p, _ in batch]
-        noise = torch.stack([sample_noise(module.backbone.latent_shape, options.seed, p, k) for p, k in batch])
-        t0 = time.perf_counter()
-        with precision.forward_context():
-            images = sample_images(module, batch_prompts, noise, options.role, boundaries, guidance)
-        _sync(device)
-        t1 = time.perf_counter()
-        sample_s += t1 - t0
-        if rewards is not None:
-            outputs = rewards(images, batch_prompts, batch_meta)
-            for label, (out, _) in outputs.items():
-                valid = out.valid.tolist()
-                scores[label] += [float(s) if v else None for s, v in zip(out.scores.tolist(), valid)]
-                flags = out.details.get("correct")
-                if flags is None or correct[label] is None:
-                    correct[label] = None
-                    continue
-                flags = flags.tolist() if isinstance(flags, Tensor) else list(flags)
-                if len(flags) != len(batch):
-                    raise EvaluationError(f"reward {label!r}: details['correct'] has {len(flags)} entries for {len(batch)} images")
-                correct[label] += [bool(f) if v else None for f, v in zip(flags, valid)]
-            score_s += time.perf_counter() - t1
-        images = images.cpu()
+    def keep_images(batch: list[tuple[int, int]], images: Tensor) -> None:
         if options.save_images == "each":
             for (p, k), image in zip(batch, images):
                 folder = out_dir / "images" / f"{p:05d}"
@@ -668,13 +759,19 @@ def run(options: argparse.Namespace, passthrough: Sequence[str] = (), fail=None)
                     (folder / "metadata.jsonl").write_text(json.dumps(records[p], default=str) + "\n", encoding="utf-8")
                 _write_png(image, folder / "samples" / f"{k:04d}.png")
         elif options.save_images == "grid":
-            grid_images += [image for (p, _), image in zip(batch, images) if p < GRID_MAX_PROMPTS]
-    bar.close()
+            grid_images.extend(image for (p, _), image in zip(batch, images) if p < GRID_MAX_PROMPTS)
+
+    result = evaluate_samples(
+        module, prompts, metadata, prompt_tags, role=options.role, boundaries=boundaries, guidance=guidance,
+        rewards=rewards, images_per_prompt=ipp, seed=options.seed, batch_size=batch_size,
+        forward_context=precision.forward_context, progress=options.progress,
+        on_images=keep_images if options.save_images != "none" else None,
+    )
+    samples, scores, correct = result["samples"], result["scores"], result["correct"]
+    sample_s, score_s = result["sample_s"], result["score_s"]
 
     # -- summarise and write
-    tags = [prompt_tags[p] for p, _ in samples]
-    weights = {label: weight for label, _, weight in rewards.items} if rewards is not None else {}
-    summary = summarise(tags, scores, correct, weights)
+    summary = result["summary"]
     total_s = time.perf_counter() - t_start
     title = (
         f"**{options.role}**, {steps} steps, "
@@ -746,3 +843,134 @@ def main(args: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation at the start and end of training (a Lightning callback)
+# --------------------------------------------------------------------------------------------------
+
+class EvaluateOnFit(L.Callback):
+    """Evaluate a prompt set before and after ``fit`` and print one comparison table.
+
+    Before training, the generator EMA as it starts (a TDM student when TDM-R1 starts from one); after
+    training, the trained generator EMA; and, optionally, the teacher at ``teacher_steps`` with guidance
+    (the many-step reference). Each run is :func:`evaluate_samples` with the same noise, so rows differ
+    only by the model. The table (:func:`format_comparison`) is printed, written to
+    ``<log dir>/evaluation/table.md`` with every number in ``results.json``, and each row's overall
+    scores are logged as ``eval/<row>/<reward>``. Runs on global rank 0; other ranks wait.
+
+    Args:
+        prompts: Prompt file (as ``tdmr1 evaluate --prompts``): JSON Lines with metadata, or text.
+        rewards: Evaluation rewards (a list like ``model.rewards``); default: the model's eval rewards.
+        images_per_prompt: Samples per prompt.
+        seed: Noise seed (the same for every row).
+        batch_size: Samples per forward batch (default: the model's rollout batch size).
+        limit: Evaluate only the first N prompts.
+        at_start: Also evaluate the generator EMA before the first training step.
+        teacher_steps: Evaluate the teacher with this many steps (None: skip the teacher).
+        teacher_guidance: The teacher's guidance (default: the model's ``guidance_scale``).
+        out_dir: Where to write the table (default: ``<trainer.log_dir>/evaluation``).
+    """
+
+    def __init__(
+        self,
+        prompts: str,
+        rewards: list[Any] | None = None,
+        images_per_prompt: int = 1,
+        seed: int = 0,
+        batch_size: int | None = None,
+        limit: int | None = None,
+        at_start: bool = True,
+        teacher_steps: int | None = TEACHER_DEFAULT_STEPS,
+        teacher_guidance: float | None = None,
+        out_dir: str | None = None,
+    ) -> None:
+        from .data import load_prompts
+
+        if images_per_prompt < 1:
+            raise ValueError(f"images_per_prompt must be >= 1, got {images_per_prompt}")
+        if teacher_steps is not None and teacher_steps < 1:
+            raise ValueError(f"teacher_steps must be >= 1 or null, got {teacher_steps}")
+        self.records = load_prompts(prompts)[:limit]  # read now: a bad file fails before any model loads
+        self.prompts_path = prompts
+        self.reward_entries = rewards
+        self.rewards = _build_rewards(rewards) if rewards is not None else None
+        self.images_per_prompt, self.seed, self.batch_size = images_per_prompt, seed, batch_size
+        self.at_start, self.teacher_steps, self.teacher_guidance = at_start, teacher_steps, teacher_guidance
+        self.out_dir = out_dir
+        self.rows: list[tuple[str, dict[str, Any]]] = []
+        self.results: dict[str, Any] = {}
+
+    def _rewards(self, module: Any) -> Any:
+        rewards = self.rewards if self.rewards is not None else module.eval_rewards
+        if rewards is None:
+            raise EvaluationError("EvaluateOnFit: no rewards (pass rewards, or configure model.eval_rewards)")
+        return rewards
+
+    def setup(self, trainer: L.Trainer, pl_module: Any, stage: str) -> None:
+        prompts = [r["prompt"] for r in self.records]
+        metadata = [{k: v for k, v in r.items() if k != "prompt"} for r in self.records]
+        try:
+            self._rewards(pl_module).validate(prompts, metadata)
+        except ValueError as err:
+            raise EvaluationError(f"EvaluateOnFit prompts {self.prompts_path}: {err}") from err
+
+    def _run(self, trainer: L.Trainer, module: Any, label: str, role: str, steps: int, guidance: float) -> None:
+        from .schedule import step_boundaries
+
+        prompts = [r["prompt"] for r in self.records]
+        metadata = [{k: v for k, v in r.items() if k != "prompt"} for r in self.records]
+        has_tags = any("tag" in m for m in metadata)
+        tags = [str(m.get("tag", UNTAGGED)) if has_tags else ALL_TAG for m in metadata]
+        rewards = self._rewards(module).to(module.device)
+        was_training = module.training
+        module.eval()
+        t0 = time.perf_counter()
+        try:
+            result = evaluate_samples(
+                module, prompts, metadata, tags, role=role, boundaries=step_boundaries(steps, module.hparams.shift),
+                guidance=guidance, rewards=rewards, images_per_prompt=self.images_per_prompt, seed=self.seed,
+                batch_size=self.batch_size or module.rollout_batch_size,
+                forward_context=trainer.precision_plugin.forward_context, progress=trainer.progress_bar_callback is not None,
+            )
+        finally:
+            module.train(was_training)
+        summary = result["summary"]
+        self.rows.append((label, summary))
+        self.results[label] = {"role": role, "steps": steps, "guidance": guidance, "summary": summary,
+                               "seconds": time.perf_counter() - t0, "global_step": trainer.global_step}
+        for reward, entry in summary["rewards"].items():
+            acc = entry.get("accuracy")
+            value = acc["overall"]["value"] if acc and acc["overall"] else entry["overall"]["mean"]
+            if value is not None and trainer.logger is not None:
+                trainer.logger.log_metrics({f"eval/{label}/{reward}": float(value)}, step=trainer.global_step)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if self.at_start and trainer.is_global_zero:
+            with torch.no_grad():
+                self._run(trainer, pl_module, f"generator at start (step {trainer.global_step})", "generator_ema",
+                          pl_module.hparams.num_steps, 1.0)
+        trainer.strategy.barrier("EvaluateOnFit.start")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if trainer.is_global_zero:
+            with torch.no_grad():
+                self._run(trainer, pl_module, f"generator after training (step {trainer.global_step})", "generator_ema",
+                          pl_module.hparams.num_steps, 1.0)
+                if self.teacher_steps is not None:
+                    guidance = self.teacher_guidance if self.teacher_guidance is not None else float(pl_module.hparams.guidance_scale)
+                    self._run(trainer, pl_module, f"teacher, {self.teacher_steps} steps, guidance {guidance:g}", "teacher",
+                              self.teacher_steps, guidance)
+            title = (f"Evaluation on {self.prompts_path}: {len(self.records)} prompts x {self.images_per_prompt}, "
+                     f"seed {self.seed}; generator rows at {pl_module.hparams.num_steps} steps without guidance")
+            table = format_comparison(self.rows, title)
+            print("\n" + table + "\n", flush=True)
+            out = Path(self.out_dir) if self.out_dir else Path(trainer.log_dir or trainer.default_root_dir) / "evaluation"
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "table.md").write_text(table + "\n", encoding="utf-8")
+            (out / "results.json").write_text(
+                json.dumps({"prompts": self.prompts_path, "images_per_prompt": self.images_per_prompt, "seed": self.seed,
+                            "rewards": self.reward_entries, "rows": self.results, "table": table}, indent=2, default=str) + "\n",
+                encoding="utf-8",
+            )
+        trainer.strategy.barrier("EvaluateOnFit.end")

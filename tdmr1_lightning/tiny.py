@@ -35,10 +35,12 @@ Things a caller must know:
   ``max_sequence_length``).  T5 uses relative positions, so any
   ``max_sequence_length <= 512`` (the pipeline's own limit) works; passing a
   small value (e.g. 16) makes the tiny pipeline much faster.  CLIP sequences are
-  always 77 tokens.
+  ``clip_max_length`` tokens (77 by default, as in SD3).
 * Both tokenizers are character level (about one token per character), so
   CLIP keeps only the first ~75 characters of a prompt and T5 the first
   ``max_sequence_length - 1``; the pipeline logs a truncation warning beyond.
+  ``words`` adds whole-word tokens to both (a small world's vocabulary: a
+  prompt becomes one token a word, and 16 tokens are plenty).
 * The CLIP encoders have hidden sizes ``text_dim // 4`` and ``text_dim // 2``
   (8 and 16 by default), so ``pooled_prompt_embeds`` has ``3 * text_dim // 4``
   features and the CLIP part of ``prompt_embeds`` is zero-padded, as in SD3.5.
@@ -59,7 +61,7 @@ import string
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,7 @@ __all__ = [
     "build_tiny_sd3",
     "clip_char_vocab",
     "clip_hidden_sizes",
+    "clip_word_merges",
     "ensure_tiny_sd3",
     "main",
     "t5_char_vocab",
@@ -144,25 +147,80 @@ def t5_char_vocab() -> list[tuple[str, float]]:
     return pieces
 
 
-def _build_tokenizers(scratch: Path) -> tuple[Any, Any, Any]:
+def _chain(word: str) -> list[tuple[str, str]]:
+    """The merges that build ``word`` left to right: ``(w[0], w[1]), (w[:2], w[2]), ..., (w[:-1], w[-1] + "</w>")``."""
+    return [(word[:k], word[k] + ("</w>" if k == len(word) - 1 else "")) for k in range(1, len(word))]
+
+
+def _bpe(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
+    """CLIP's byte-pair encoding of one lower-case ASCII word (best-ranked adjacent pair first)."""
+    parts = list(word[:-1]) + [word[-1] + "</w>"]
+    while len(parts) > 1:
+        pairs = [(ranks.get((a, b), len(ranks)), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+        rank, i = min(pairs)
+        if rank == len(ranks):
+            break
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
+    return parts
+
+
+def clip_word_merges(words: Sequence[str]) -> list[tuple[str, str]]:
+    """BPE merges under which each of ``words`` is one CLIP token.
+
+    Each word gets its merge chain (:func:`_chain`). BPE applies the best-ranked pair anywhere in a
+    word, so one word's merge can split another ("re" of "red" inside "green"); words that do not come
+    out whole move their chains to the front and the ranking is tried again.
+
+    Raises:
+        ValueError: A word is not ASCII letters/digits, or no ranking keeps every word whole.
+    """
+    order = sorted({w.lower() for w in words if w}, key=lambda w: (-len(w), w))
+    for word in order:
+        if not word.isascii() or not word.isalnum():
+            raise ValueError(f"tokenizer words must be ASCII letters or digits, got {word!r}")
+    for _ in range(4 * len(order) + 1):
+        merges = list(dict.fromkeys(pair for word in order for pair in _chain(word)))
+        ranks = {pair: i for i, pair in enumerate(merges)}
+        split = [w for w in order if len(w) > 1 and len(_bpe(w, ranks)) > 1]
+        if not split:
+            return merges
+        order = split + [w for w in order if w not in split]
+    raise ValueError(f"no merge order keeps these words whole: {split}")
+
+
+def _build_tokenizers(
+    scratch: Path, words: Sequence[str] = (), clip_max_length: int = CLIP_MAX_LENGTH
+) -> tuple[Any, Any, Any]:
     """Build the two CLIP tokenizers and the T5 tokenizer (no network, no training).
 
     Args:
         scratch: Empty directory where ``vocab.json``/``merges.txt`` are written
             for the CLIP tokenizer to load.
+        words: Whole words both tokenizers keep as single tokens (a small world's vocabulary makes
+            prompts a few tokens long instead of one token a character); other text stays character
+            level.
+        clip_max_length: ``model_max_length`` of the CLIP tokenizers (the pipeline pads CLIP tokens
+            to it).
 
     Returns:
         ``(tokenizer, tokenizer_2, tokenizer_3)``.
     """
     from transformers import CLIPTokenizer, T5TokenizerFast
 
+    vocab = clip_char_vocab()
+    merges = clip_word_merges(words)
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
     clip_dir = scratch / "clip_bpe"
     clip_dir.mkdir(parents=True, exist_ok=True)
-    (clip_dir / "vocab.json").write_text(json.dumps(clip_char_vocab(), ensure_ascii=False), encoding="utf-8")
-    (clip_dir / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-    tokenizer = CLIPTokenizer.from_pretrained(str(clip_dir), model_max_length=CLIP_MAX_LENGTH, local_files_only=True)
-    tokenizer_2 = CLIPTokenizer.from_pretrained(str(clip_dir), model_max_length=CLIP_MAX_LENGTH, local_files_only=True)
-    tokenizer_3 = T5TokenizerFast(vocab=t5_char_vocab(), extra_ids=0, model_max_length=T5_MAX_LENGTH)
+    (clip_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (clip_dir / "merges.txt").write_text(
+        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8"
+    )
+    tokenizer = CLIPTokenizer.from_pretrained(str(clip_dir), model_max_length=clip_max_length, local_files_only=True)
+    tokenizer_2 = CLIPTokenizer.from_pretrained(str(clip_dir), model_max_length=clip_max_length, local_files_only=True)
+    pieces = t5_char_vocab() + [("\u2581" + w.lower(), -1.0) for w in sorted(set(words))]
+    tokenizer_3 = T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=T5_MAX_LENGTH)
     return tokenizer, tokenizer_2, tokenizer_3
 
 
@@ -190,7 +248,7 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _clip_text_encoder(hidden_size: int, vocab: dict[str, int], seed: int) -> Any:
+def _clip_text_encoder(hidden_size: int, vocab: dict[str, int], seed: int, max_length: int = CLIP_MAX_LENGTH) -> Any:
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     config = CLIPTextConfig(
@@ -200,7 +258,7 @@ def _clip_text_encoder(hidden_size: int, vocab: dict[str, int], seed: int) -> An
         projection_dim=hidden_size,
         num_hidden_layers=2,
         num_attention_heads=2,
-        max_position_embeddings=CLIP_MAX_LENGTH,
+        max_position_embeddings=max_length,
         hidden_act="quick_gelu",
         bos_token_id=vocab["<|startoftext|>"],
         eos_token_id=vocab["<|endoftext|>"],
@@ -221,6 +279,8 @@ def _build_components(
     text_dim: int,
     patch_size: int,
     pixel_space: bool = False,
+    words: Sequence[str] = (),
+    clip_max_length: int = CLIP_MAX_LENGTH,
 ) -> dict[str, Any]:
     """Create every pipeline component with seeded random weights (no VAE in pixel space)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
@@ -239,8 +299,8 @@ def _build_components(
     # Like SD3.5 (768 + 1280 < 4096) the sizes differ and the padding is non-empty.
     clip_dims = clip_hidden_sizes(text_dim)
 
-    tokenizer, tokenizer_2, tokenizer_3 = _build_tokenizers(scratch)
-    clip_vocab = clip_char_vocab()
+    tokenizer, tokenizer_2, tokenizer_3 = _build_tokenizers(scratch, words, clip_max_length)
+    clip_vocab = tokenizer.get_vocab()
 
     _seed(seed)
     transformer = SD3Transformer2DModel(
@@ -275,8 +335,8 @@ def _build_components(
         use_post_quant_conv=False,
     )
 
-    text_encoder = _clip_text_encoder(clip_dims[0], clip_vocab, seed)
-    text_encoder_2 = _clip_text_encoder(clip_dims[1], clip_vocab, seed)
+    text_encoder = _clip_text_encoder(clip_dims[0], clip_vocab, seed, clip_max_length)
+    text_encoder_2 = _clip_text_encoder(clip_dims[1], clip_vocab, seed, clip_max_length)
 
     t5_config = T5Config(
         vocab_size=len(tokenizer_3),
@@ -353,6 +413,8 @@ def build_tiny_sd3(
     text_dim: int = 32,
     patch_size: int = 2,
     pixel_space: bool = False,
+    words: Sequence[str] = (),
+    clip_max_length: int = CLIP_MAX_LENGTH,
     verbose: bool = False,
 ) -> Path:
     """Build a tiny random-weight SD3 pipeline and save it with ``save_pretrained``.
@@ -378,6 +440,8 @@ def build_tiny_sd3(
         patch_size: Transformer patch size.
         pixel_space: No VAE: the transformer denoises RGB pixels directly (load the folder with
             ``vae=None``; see :class:`tdmr1_lightning.backbones.sd3.PixelSD3Backbone`).
+        words: Whole words the tokenizers keep as one token each (see :func:`_build_tokenizers`).
+        clip_max_length: CLIP tokenizer length and position count (77 in SD3).
         verbose: Print progress to stdout.
 
     Returns:
@@ -410,6 +474,8 @@ def build_tiny_sd3(
                 text_dim=text_dim,
                 patch_size=patch_size,
                 pixel_space=pixel_space,
+                words=words,
+                clip_max_length=clip_max_length,
             )
         shutil.rmtree(tmp / ".scratch", ignore_errors=True)
         for name, comp in components.items():
@@ -493,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-attention-heads", type=int, default=2)
     parser.add_argument("--text-dim", type=int, default=32)
     parser.add_argument("--patch-size", type=int, default=2)
+    parser.add_argument("--words", nargs="*", default=[], help="whole words kept as single tokens")
+    parser.add_argument("--clip-max-length", type=int, default=CLIP_MAX_LENGTH)
     parser.add_argument("--if-missing", action="store_true", help="do nothing if DIR already holds a pipeline")
     args = parser.parse_args(argv)
 
@@ -504,6 +572,8 @@ def main(argv: list[str] | None = None) -> int:
         num_attention_heads=args.num_attention_heads,
         text_dim=args.text_dim,
         patch_size=args.patch_size,
+        words=args.words,
+        clip_max_length=args.clip_max_length,
         verbose=True,
     )
     if args.if_missing:

@@ -95,3 +95,19 @@ def test_tdmr1_dispatches_evaluate(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["evaluate", "--help"])
     assert exit_info.value.code == 0 and "usage: tdmr1 evaluate" in capsys.readouterr().out
+
+
+def test_shapes_configs_use_the_shipped_models_and_the_world_vocabulary():
+    import yaml
+
+    from tdmr1_lightning.shapes.world import World, enumerate_prompts
+
+    teacher = yaml.safe_load((ROOT / "configs/shapes/teacher.yaml").read_text())
+    words = set(teacher["model"]["init_args"]["backbone"]["init_args"]["words"])
+    vocabulary = {w for r in enumerate_prompts(World()) for w in r["prompt"].split()}
+    assert vocabulary <= words, f"words missing from the teacher's tokenizer: {sorted(vocabulary - words)}"
+    for name in ("tdm.yaml", "tdmr1.yaml"):
+        backbone = yaml.safe_load((ROOT / "configs/shapes" / name).read_text())["model"]["backbone"]["init_args"]
+        assert (ROOT / backbone["pretrained_model"] / "model_index.json").is_file()
+        if "generator_checkpoint" in backbone:
+            assert (ROOT / backbone["generator_checkpoint"]).is_file()

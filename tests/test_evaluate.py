@@ -309,3 +309,48 @@ def test_evaluation_error_without_a_parser(tmp_path, prompts):
     options = evaluate.build_parser().parse_args(["--config", CONFIG, "--prompts", str(prompts), "--ckpt", "nope"])
     with pytest.raises(EvaluationError, match="no such file"):
         evaluate.run(options)
+
+
+# ------------------------------------------------------------------------------------------ EvaluateOnFit
+
+
+def test_evaluate_on_fit_compares_start_end_and_teacher(tmp_path, tiny_sd3_path, prompts, fake_reward, capsys):
+    from tdmr1_lightning.evaluate import EvaluateOnFit
+
+    rewards = [{"class_path": fake_reward}, {"name": "jpeg_compressibility"}]
+    callback = EvaluateOnFit(str(prompts), rewards=rewards, teacher_steps=3, images_per_prompt=2,
+                             out_dir=str(tmp_path / "eval"))
+    fit = tiny_cli(tmp_path / "fit", tiny_sd3_path, "--trainer.max_steps=2")
+    fit.trainer.callbacks.append(callback)
+    fit.trainer.fit(fit.model, fit.datamodule)
+    printed = capsys.readouterr().out
+    table = (tmp_path / "eval" / "table.md").read_text()
+    assert table.strip() in printed
+    rows = table_rows(table)
+    assert rows[0] == ["model", "Single Obj.", "Counting", "FakeGenEval Overall [95% CI]", "jpeg_compressibility (mean ± se)"]
+    assert [r[0] for r in rows[2:]] == ["generator at start (step 0)", "generator after training (step 2)",
+                                        "teacher, 3 steps, guidance 4.5"]
+    # the fake reward's `correct` is the prompt's `ok`: single 1 of 2 prompts, counting invalid
+    assert all(r[1] == "0.500" and r[2] == "–" for r in rows[2:])
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())["rows"]
+    start, end = results["generator at start (step 0)"], results["generator after training (step 2)"]
+    assert (start["steps"], end["global_step"], results["teacher, 3 steps, guidance 4.5"]["steps"]) == (4, 2, 3)
+    # the generator changed in training, so the JPEG score of the same noise changed
+    assert start["summary"]["rewards"]["jpeg_compressibility"]["overall"]["mean"] != \
+        end["summary"]["rewards"]["jpeg_compressibility"]["overall"]["mean"]
+
+
+def test_evaluate_on_fit_refuses_bad_prompts_before_training(tmp_path, tiny_sd3_path, fake_reward):
+    from tdmr1_lightning.data import PromptFileError
+    from tdmr1_lightning.evaluate import EvaluateOnFit
+
+    with pytest.raises(PromptFileError):
+        EvaluateOnFit(str(tmp_path / "missing.jsonl"))
+    path = tmp_path / "no_ok.jsonl"
+    path.write_text(json.dumps({"prompt": "a photo of a cat", "tag": "single_object"}) + "\n")
+    callback = EvaluateOnFit(str(path), rewards=[{"class_path": fake_reward}])
+    fit = tiny_cli(tmp_path / "fit", tiny_sd3_path, "--trainer.max_steps=1")
+    fit.trainer.callbacks.append(callback)
+    with pytest.raises(EvaluationError, match=r"no_ok.jsonl.*missing field 'ok'"):
+        fit.trainer.fit(fit.model, fit.datamodule)
+    assert fit.trainer.global_step == 0

@@ -298,3 +298,40 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     mtime = (target / "model_index.json").stat().st_mtime_ns
     assert tiny.main([str(target), "--if-missing"]) == 0
     assert (target / "model_index.json").stat().st_mtime_ns == mtime
+
+
+# --------------------------------------------------------------------------- whole-word tokenizers
+
+WORLD_WORDS = ["a", "photo", "of", "and", "left", "right", "above", "below", "two", "three", "circle", "circles",
+               "square", "squares", "triangle", "triangles", "red", "green", "blue", "yellow"]
+
+
+def test_word_merges_keep_every_word_whole_despite_shared_pairs() -> None:
+    from tdmr1_lightning.tiny import _bpe, clip_word_merges
+
+    # "re" of "red" would split "green", "three" and "squares" under a naive ranking
+    merges = clip_word_merges(WORLD_WORDS)
+    ranks = {pair: i for i, pair in enumerate(merges)}
+    for word in WORLD_WORDS:
+        assert _bpe(word, ranks) == [word + "</w>"], word
+    with pytest.raises(ValueError, match="ASCII letters"):
+        clip_word_merges(["left of"])
+
+
+def test_word_tokenizers_make_prompts_short(tmp_path: Path) -> None:
+    import torch
+    from diffusers import StableDiffusion3Pipeline
+
+    from tdmr1_lightning.tiny import build_tiny_sd3
+
+    path = build_tiny_sd3(tmp_path / "words", words=WORLD_WORDS, clip_max_length=16, pixel_space=True, patch_size=4)
+    pipe = StableDiffusion3Pipeline.from_pretrained(str(path), vae=None, local_files_only=True)
+    prompt = "a photo of a yellow triangle left of a green square"
+    assert len(pipe.tokenizer.tokenize(prompt)) == len(prompt.split())
+    assert len(pipe.tokenizer_3.tokenize(prompt)) == len(prompt.split())
+    assert pipe.tokenizer.model_max_length == 16
+    # out-of-vocabulary text still tokenizes, character by character
+    assert len(pipe.tokenizer.tokenize("greener")) > 1
+    with torch.no_grad():
+        embeds, _, pooled, _ = pipe.encode_prompt(prompt, None, None, do_classifier_free_guidance=False, max_sequence_length=16)
+    assert embeds.shape[1] == 16 + 16  # CLIP tokens + T5 tokens

@@ -20,6 +20,8 @@ from typing import Iterable, Iterator, Literal, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..assets import check_asset
+
 TEACHER = "teacher"
 GENERATOR = "generator"
 FAKE = "fake"
@@ -94,7 +96,7 @@ class LoraCheckpointError(ValueError):
 
 def check_lora_file(path: str | os.PathLike) -> Path:
     """Validate a LoRA checkpoint before any model loads: it exists, has a known format and LoRA keys."""
-    path = Path(path).expanduser()
+    path = check_asset(path, "generator_checkpoint")
     if not path.is_file():
         raise LoraCheckpointError(f"generator_checkpoint: no such file: {path}")
     if path.suffix not in LORA_FILE_SUFFIXES:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..assets import check_asset
+
 
 class ModelNotFoundError(FileNotFoundError):
     """A model path or hub id that cannot be used."""
@@ -21,7 +23,7 @@ def resolve_pretrained(name_or_path: str, revision: str | None = None, index_fil
     reached; with ``HF_HUB_OFFLINE=1`` an uncached id fails here, naming it, instead of deep inside
     the loader after other models have loaded.
     """
-    path = Path(name_or_path).expanduser()
+    path = check_asset(name_or_path, "pretrained_model")
     if path.is_dir():
         if not (path / index_file).is_file():
             raise ModelNotFoundError(f"pretrained_model {name_or_path!r}: folder has no {index_file}; is it a diffusers pipeline folder?")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, Sequence
 
-from ..tiny import ensure_tiny_sd3
+from ..tiny import CLIP_MAX_LENGTH, ensure_tiny_sd3
 from .base import DEFAULT_LORA_TARGETS, RolesAs
 from .sd3 import PixelSD3Backbone, SD3Backbone
 
@@ -30,6 +30,9 @@ class TinySD3Backbone(SD3Backbone):
         attention_head_dim: Attention head size (idem).
         num_attention_heads: Attention heads (idem).
         patch_size: Transformer patch size (idem).
+        words: Whole words the tiny tokenizers keep as one token each (idem): a small world's
+            vocabulary makes prompts a few tokens long, and the model much cheaper.
+        clip_max_length: CLIP tokens per prompt (idem; 77 as in SD3).
     """
 
     def __init__(
@@ -48,10 +51,13 @@ class TinySD3Backbone(SD3Backbone):
         attention_head_dim: int = 16,
         num_attention_heads: int = 2,
         patch_size: int = 2,
+        words: Sequence[str] = (),
+        clip_max_length: int = CLIP_MAX_LENGTH,
     ) -> None:
         path = ensure_tiny_sd3(
             directory, resolution=resolution, seed=seed, num_layers=num_layers, attention_head_dim=attention_head_dim,
             num_attention_heads=num_attention_heads, patch_size=patch_size, pixel_space=self.pixel_space,
+            words=words, clip_max_length=clip_max_length,
         )
         super().__init__(
             str(path), resolution=resolution, roles_as=roles_as, lora_rank=lora_rank, lora_alpha=lora_alpha,

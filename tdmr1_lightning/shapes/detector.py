@@ -146,10 +146,28 @@ class ShapesDetector:
             return []
         labels = self.labels(images)
         floor = self.area_floor(images.shape[-1])
-        return [self._detect_one(lab, floor) for lab in labels]
+        return [self._detect_one(lab, floor)[0] for lab in labels]
 
-    def _detect_one(self, labels: np.ndarray, floor: int) -> list[Detection]:
+    def parse(self, images: Tensor, max_stray_pixels: int = 2) -> list[bool]:
+        """Whether each image parses as a scene of the world: at least one shape, at most
+        ``world.max_objects``, and no other coloured component larger than ``max_stray_pixels`` (a speck,
+        a blob no shape rule accepts, two shapes run together). An image-quality measure that needs no
+        prompt: rendered scenes always parse; noise, smears and half-drawn shapes do not."""
+        if images.shape[0] == 0:
+            return []
+        labels = self.labels(images)
+        floor = self.area_floor(images.shape[-1])
+        out = []
+        for lab in labels:
+            found, stray = self._detect_one(lab, floor, max_stray_pixels)
+            out.append(1 <= len(found) <= self.world.max_objects and stray == 0)
+        return out
+
+    def _detect_one(self, labels: np.ndarray, floor: int, stray_above: int | None = None) -> tuple[list[Detection], int]:
+        """Detections, largest first, and the number of dropped components larger than ``stray_above``
+        pixels (counted only when it is given)."""
         shapes = set(self.world.shapes)
+        stray = 0
         found: list[tuple[int, int, int, Detection]] = []
         for k in np.unique(labels):
             if k == 0:
@@ -159,13 +177,17 @@ class ShapesDetector:
                 continue
             areas = np.bincount(components.ravel(), minlength=n + 1)
             for i, sl in enumerate(ndimage.find_objects(components), start=1):
-                if sl is None or areas[i] < floor:
+                if sl is None:
                     continue
-                crop = components[sl] == i
-                shape = classify_shape(
-                    crop, self.square_fill, self.circle_fill, self.triangle_bottom_heavy, self.max_aspect
-                )
+                shape = None
+                if areas[i] >= floor:
+                    crop = components[sl] == i
+                    shape = classify_shape(
+                        crop, self.square_fill, self.circle_fill, self.triangle_bottom_heavy, self.max_aspect
+                    )
                 if shape is None or shape not in shapes:
+                    if stray_above is not None and areas[i] > stray_above:
+                        stray += 1
                     continue
                 ys, xs = sl
                 mask = components == i
@@ -178,4 +200,4 @@ class ShapesDetector:
                 )
                 found.append((-int(areas[i]), ys.start, xs.start, det))
         found.sort(key=lambda t: t[:3])
-        return [t[3] for t in found]
+        return [t[3] for t in found], stray

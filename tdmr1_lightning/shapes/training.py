@@ -10,8 +10,10 @@ from torch.utils.data import DataLoader
 
 from tdmr1_rewards.geneval import GenEvalReward
 
+from ..reward import Reward, RewardOutput
+
 from .detector import ShapesDetector
-from .world import ShapesDataset, World, collate_shapes, held_out_combinations
+from .world import ShapesDataset, World, collate_shapes, held_out_combinations, parse_prompt
 
 
 def _collate(batch) -> dict[str, Any]:
@@ -68,4 +70,38 @@ class ShapesGenEval(GenEvalReward):
     """
 
     def __init__(self, world: dict[str, Any] | None = None, mode: Literal["soft", "strict"] = "soft") -> None:
-        super().__init__(detector=ShapesDetector(World(**(world or {}))), mode=mode)
+        self.world = World(**(world or {}))
+        super().__init__(detector=ShapesDetector(self.world), mode=mode)
+
+    def validate(self, prompts: list[str], metadata: list[dict]) -> None:
+        """GenEval's metadata checks, then every prompt must read as a prompt of this world
+        (:func:`~tdmr1_lightning.shapes.world.parse_prompt`: the error names the unknown word)."""
+        super().validate(prompts, metadata)
+        for i, prompt in enumerate(prompts):
+            try:
+                parse_prompt(prompt, self.world)
+            except ValueError as err:
+                raise ValueError(f"prompt {i + 1} {prompt!r} is not a prompt of the shapes world: {err}") from None
+
+
+class ShapesParsable(Reward):
+    """1 when an image parses as a scene of the shapes world, else 0 (:meth:`ShapesDetector.parse`).
+
+    A prompt-free image-quality measure for evaluation tables: the fraction of samples that are clean
+    scenes (one to ``max_objects`` recognised shapes, no stray coloured blobs), so a reward-trained model
+    that scores well with smeared or cluttered images shows it.
+
+    Args:
+        world: Fields of the World the images come from (empty: the default world).
+        max_stray_pixels: Unrecognised coloured components up to this size are tolerated.
+    """
+
+    def __init__(self, world: dict[str, Any] | None = None, max_stray_pixels: int = 2) -> None:
+        if max_stray_pixels < 0:
+            raise ValueError(f"max_stray_pixels must be >= 0, got {max_stray_pixels}")
+        self.detector = ShapesDetector(World(**(world or {})))
+        self.max_stray_pixels = max_stray_pixels
+
+    def score(self, images: torch.Tensor, prompts: list[str], metadata: list[dict]) -> RewardOutput:
+        flags = self.detector.parse(images, self.max_stray_pixels)
+        return RewardOutput(scores=torch.tensor(flags, dtype=torch.float32), details={"parsable": flags})

@@ -190,3 +190,33 @@ def test_geneval_scorer_uses_detector_colours():
     bad = render((ShapeObject("triangle", "blue", 12, 12, 8),), world=world)
     out = reward.score(torch.stack([good, bad]), ["p", "p"], [meta, meta])
     assert out.scores.tolist() == [1.0, 0.0]
+
+
+def test_parse_accepts_scenes_and_refuses_clutter():
+    world = World()
+    detector = ShapesDetector(world)
+    scenes = render_batch([random_scene(i, world) for i in range(300)], world=world)
+    assert all(detector.parse(scenes))  # every rendered scene parses
+    square = ShapeObject("square", "green", 2, 2, 8)
+    canvas = render((square,), world=world)
+    blank = render((), world=world)
+    speck3 = canvas.clone()
+    speck3[:, 20:21, 20:23] = torch.tensor(world.rgb("blue"), dtype=torch.uint8).view(3, 1, 1)  # 3 stray pixels
+    speck2 = canvas.clone()
+    speck2[:, 20:21, 20:22] = torch.tensor(world.rgb("blue"), dtype=torch.uint8).view(3, 1, 1)  # 2: tolerated
+    blob = render((square, ShapeObject("square", "green", 10, 2, 8)), world=world)  # two run together
+    four = render([ShapeObject("square", c, 2 + 8 * i, 20, 6) for i, c in enumerate(world.colors)], world=world)
+    assert detector.parse(torch.stack([canvas, blank, speck3, speck2, blob, four])) == [True, False, False, True, False, False]
+    assert detector.parse(speck3[None], max_stray_pixels=3) == [True]
+    assert detector.parse(blank[:0][None][:0]) == []
+
+
+def test_parsable_reward():
+    from tdmr1_lightning.shapes.training import ShapesParsable
+
+    world = World()
+    images = torch.stack([render(random_scene(0, world), world=world), render((), world=world)])
+    out = ShapesParsable()(images, ["a photo of a circle"] * 2)
+    assert out.scores.tolist() == [1.0, 0.0] and out.details["parsable"] == [True, False]
+    with pytest.raises(ValueError, match="max_stray_pixels"):
+        ShapesParsable(max_stray_pixels=-1)

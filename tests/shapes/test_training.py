@@ -49,3 +49,15 @@ def test_teacher_config_trains_and_exports(tmp_path, monkeypatch):
     cli.trainer.fit(cli.model, cli.datamodule)
     assert cli.trainer.global_step == 3
     assert (tmp_path / "pipeline" / "transformer").is_dir() and (tmp_path / "pipeline" / "model_index.json").is_file()
+
+
+def test_reward_refuses_prompts_outside_the_world_naming_the_word():
+    from tdmr1_lightning.shapes.training import ShapesGenEval
+    from tdmr1_lightning.shapes.world import parse_prompt
+
+    good = parse_prompt("a photo of a red circle")
+    bad = {**good, "prompt": "a photo of a purple circle"}
+    reward = ShapesGenEval(mode="strict")
+    reward.validate([good["prompt"]], [good])
+    with pytest.raises(ValueError, match=r"prompt 2 'a photo of a purple circle'.*purple"):
+        reward.validate([good["prompt"], bad["prompt"]], [good, bad])
