@@ -13,7 +13,7 @@ import copy
 import functools
 import json
 import math
-from collections.abc import Iterator, Sized
+from collections.abc import Iterator, Sequence, Sized
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ __all__ = [
     "PromptFileError",
     "collate_groups",
     "load_prompts",
+    "split_records",
 ]
 
 # Key under which PromptDataset records the dataset index; collate_groups turns it
@@ -359,3 +360,19 @@ class PromptDataModule(lightning.LightningDataModule):
     def predict_dataloader(self) -> DataLoader | list:
         """The validation prompts (``tdmr1 predict`` returns the generator EMA's images for them)."""
         return self.val_dataloader()
+
+
+ALL_TAG = "all"
+"""The tag of every record when no record has one."""
+UNTAGGED = "untagged"
+"""The tag of a record without one when others have one."""
+
+
+def split_records(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[dict], list[str]]:
+    """``(prompts, metadata, tags)`` of prompt records: the metadata is each record without its prompt;
+    the tag is the metadata's ``tag`` (``untagged`` where missing), or ``all`` when no record has one."""
+    prompts = [r["prompt"] for r in records]
+    metadata = [{k: v for k, v in r.items() if k != "prompt"} for r in records]
+    has_tags = any("tag" in m for m in metadata)
+    tags = [str(m.get("tag", UNTAGGED)) if has_tags else ALL_TAG for m in metadata]
+    return prompts, metadata, tags

@@ -37,6 +37,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from .data import ALL_TAG, UNTAGGED, split_records
+
 __all__ = [
     "EvaluateOnFit",
     "EvaluationError",
@@ -59,8 +61,6 @@ Z95 = 1.959963984540054
 """The standard normal's 97.5% quantile: 95% two-sided intervals."""
 GRID_MAX_PROMPTS = 64
 """``--save-images grid`` shows at most this many prompts."""
-ALL_TAG = "all"
-UNTAGGED = "untagged"
 # GenEval's tags in the order of its published tables, with the column names those tables use.
 GENEVAL_COLUMNS = {
     "single_object": "Single Obj.",
@@ -722,15 +722,12 @@ def run(options: argparse.Namespace, passthrough: Sequence[str] = (), fail=None)
         boundaries = step_boundaries(steps, hp.shift)
     except ValueError as err:
         _fail(str(err))
-    prompts = [r["prompt"] for r in records]
-    metadata = [{k: v for k, v in r.items() if k != "prompt"} for r in records]
+    prompts, metadata, prompt_tags = split_records(records)
     if rewards is not None:
         try:
             rewards.validate(prompts, metadata)
         except ValueError as err:
             _fail(f"--prompts {options.prompts}: {err}")
-    has_tags = any("tag" in m for m in metadata)
-    prompt_tags = [str(m.get("tag", UNTAGGED)) if has_tags else ALL_TAG for m in metadata]
 
     # -- load
     module.configure_model()
@@ -892,6 +889,7 @@ class EvaluateOnFit(L.Callback):
         if teacher_steps is not None and teacher_steps < 1:
             raise ValueError(f"teacher_steps must be >= 1 or null, got {teacher_steps}")
         self.records = load_prompts(prompts)[:limit]  # read now: a bad file fails before any model loads
+        self.prompts, self.metadata, self.tags = split_records(self.records)
         self.prompts_path = prompts
         self.reward_entries = rewards
         self.rewards = _build_rewards(rewards) if rewards is not None else None
@@ -908,27 +906,21 @@ class EvaluateOnFit(L.Callback):
         return rewards
 
     def setup(self, trainer: L.Trainer, pl_module: Any, stage: str) -> None:
-        prompts = [r["prompt"] for r in self.records]
-        metadata = [{k: v for k, v in r.items() if k != "prompt"} for r in self.records]
         try:
-            self._rewards(pl_module).validate(prompts, metadata)
+            self._rewards(pl_module).validate(self.prompts, self.metadata)
         except ValueError as err:
             raise EvaluationError(f"EvaluateOnFit prompts {self.prompts_path}: {err}") from err
 
     def _run(self, trainer: L.Trainer, module: Any, label: str, role: str, steps: int, guidance: float) -> None:
         from .schedule import step_boundaries
 
-        prompts = [r["prompt"] for r in self.records]
-        metadata = [{k: v for k, v in r.items() if k != "prompt"} for r in self.records]
-        has_tags = any("tag" in m for m in metadata)
-        tags = [str(m.get("tag", UNTAGGED)) if has_tags else ALL_TAG for m in metadata]
         rewards = self._rewards(module).to(module.device)
         was_training = module.training
         module.eval()
         t0 = time.perf_counter()
         try:
             result = evaluate_samples(
-                module, prompts, metadata, tags, role=role, boundaries=step_boundaries(steps, module.hparams.shift),
+                module, self.prompts, self.metadata, self.tags, role=role, boundaries=step_boundaries(steps, module.hparams.shift),
                 guidance=guidance, rewards=rewards, images_per_prompt=self.images_per_prompt, seed=self.seed,
                 batch_size=self.batch_size or module.rollout_batch_size,
                 forward_context=trainer.precision_plugin.forward_context, progress=trainer.progress_bar_callback is not None,
@@ -947,20 +939,18 @@ class EvaluateOnFit(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         if self.at_start and trainer.is_global_zero:
-            with torch.no_grad():
-                self._run(trainer, pl_module, f"generator at start (step {trainer.global_step})", "generator_ema",
-                          pl_module.hparams.num_steps, 1.0)
+            self._run(trainer, pl_module, f"generator at start (step {trainer.global_step})", "generator_ema",
+                      pl_module.hparams.num_steps, 1.0)
         trainer.strategy.barrier("EvaluateOnFit.start")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
-        if trainer.is_global_zero:
-            with torch.no_grad():
-                self._run(trainer, pl_module, f"generator after training (step {trainer.global_step})", "generator_ema",
-                          pl_module.hparams.num_steps, 1.0)
-                if self.teacher_steps is not None:
-                    guidance = self.teacher_guidance if self.teacher_guidance is not None else float(pl_module.hparams.guidance_scale)
-                    self._run(trainer, pl_module, f"teacher, {self.teacher_steps} steps, guidance {guidance:g}", "teacher",
-                              self.teacher_steps, guidance)
+        if trainer.is_global_zero:  # sampling runs under no_grad (sample_images)
+            self._run(trainer, pl_module, f"generator after training (step {trainer.global_step})", "generator_ema",
+                      pl_module.hparams.num_steps, 1.0)
+            if self.teacher_steps is not None:
+                guidance = self.teacher_guidance if self.teacher_guidance is not None else float(pl_module.hparams.guidance_scale)
+                self._run(trainer, pl_module, f"teacher, {self.teacher_steps} steps, guidance {guidance:g}", "teacher",
+                          self.teacher_steps, guidance)
             title = (f"Evaluation on {self.prompts_path}: {len(self.records)} prompts x {self.images_per_prompt}, "
                      f"seed {self.seed}; generator rows at {pl_module.hparams.num_steps} steps without guidance")
             table = format_comparison(self.rows, title)

@@ -33,6 +33,7 @@ from .backbones.base import (
     Condition,
     RectifiedFlowBackbone,
 )
+from .data import split_records
 from .image_logging import log_image_grid
 from .registry import RewardSpec
 from .reward import WeightedRewards
@@ -219,7 +220,7 @@ class TDMR1Module(L.LightningModule):
         for rewards, records in ((self.rewards, getattr(datamodule, "train_records", None)),
                                  (self.eval_rewards, getattr(datamodule, "val_records", None))):
             if rewards is not None and records:
-                rewards.validate([r["prompt"] for r in records], [{k: v for k, v in r.items() if k != "prompt"} for r in records])
+                rewards.validate(*split_records(records)[:2])
 
     def teardown(self, stage: str) -> None:
         if self._reward_pool is not None:
