@@ -9,8 +9,8 @@ bare "no such file" deep inside a loader.
 Shipping (``python -m tdmr1_lightning.assets``)::
 
     python -m tdmr1_lightning.assets pipeline SRC DST [--dtype float16]   # a pipeline folder, weights cast
-    python -m tdmr1_lightning.assets lora CKPT DST.safetensors [--dtype float16]
-                                      # the generator (EMA) adapter of a run's checkpoint, or any LoRA file
+    python -m tdmr1_lightning.assets lora CKPT DST.safetensors [--dtype float16] [--role fake]
+                      # the generator (EMA) or fake-score adapter of a run's checkpoint, or any LoRA file
 
 Casting to float16 halves the files; loading casts back to the backbone's dtype.
 """
@@ -124,8 +124,8 @@ def ship_pipeline(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "
     return dst
 
 
-def ship_lora(checkpoint: str | os.PathLike, dst: str | os.PathLike, dtype: str = "float16") -> Path:
-    """Write the generator LoRA of ``checkpoint`` (a run's ``.ckpt``: its generator EMA; or any LoRA
+def ship_lora(checkpoint: str | os.PathLike, dst: str | os.PathLike, dtype: str = "float16", role: str = "generator") -> Path:
+    """Write ``role``'s LoRA of ``checkpoint`` (a run's ``.ckpt``: for the generator its EMA; or any LoRA
     file :func:`~tdmr1_lightning.backbones.base.load_lora_state_dict` reads) to a safetensors file."""
     from safetensors.torch import save_file
 
@@ -133,7 +133,7 @@ def ship_lora(checkpoint: str | os.PathLike, dst: str | os.PathLike, dtype: str 
 
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
-    state = _cast(load_lora_state_dict(checkpoint), dtype)
+    state = _cast(load_lora_state_dict(checkpoint, role, "checkpoint"), dtype)
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
@@ -149,16 +149,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--dtype", default="float16", choices=_DTYPES)
-    lo = sub.add_parser("lora", help="write a run checkpoint's generator (EMA) LoRA as safetensors")
+    lo = sub.add_parser("lora", help="write a run checkpoint's generator (EMA) or fake-score LoRA as safetensors")
     lo.add_argument("checkpoint")
     lo.add_argument("dst")
     lo.add_argument("--dtype", default="float16", choices=_DTYPES)
+    lo.add_argument("--role", default="generator", choices=["generator", "fake"])
     args = parser.parse_args(argv)
     try:
         if args.command == "pipeline":
             out = ship_pipeline(args.src, args.dst, args.dtype)
         else:
-            out = ship_lora(args.checkpoint, args.dst, args.dtype)
+            out = ship_lora(args.checkpoint, args.dst, args.dtype, args.role)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -46,7 +46,7 @@ def test_backbone_and_lora_loaders_raise_the_asset_error(tmp_path: Path) -> None
 def test_repository_manifest_lists_the_shipped_shapes_models() -> None:
     folder = REPO / "tdmr1_lightning" / "shapes" / "assets"
     entries = json.loads((folder / MANIFEST).read_text())
-    assert set(entries) == {"teacher", "tdm_student.safetensors"}
+    assert set(entries) == {"teacher", "tdm_student.safetensors", "tdm_fake.safetensors"}
     for key, entry in entries.items():
         assert (folder / key).exists(), f"shipped asset {key} is missing"
         assert entry["rebuild"] and all(isinstance(c, str) for c in entry["rebuild"])

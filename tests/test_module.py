@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tdmr1_lightning import losses
-from tdmr1_lightning.backbones.base import FAKE, GENERATOR, GENERATOR_EMA, SURROGATE, SURROGATE_OLD, TEACHER
+from tdmr1_lightning.backbones.base import FAKE, GENERATOR, GENERATOR_EMA, SURROGATE, SURROGATE_OLD, TEACHER, LoraCheckpointError
 from tdmr1_lightning.cli import build_cli
 from tdmr1_lightning.module import NonFiniteLossError
 
@@ -169,15 +169,27 @@ def test_two_rewards_combined_by_advantages(tmp_path, tiny_sd3_path):
     assert torch.isfinite(metrics["loss/surrogate"])
 
 
-def test_generator_starts_from_a_tdm_run_checkpoint(tmp_path, tiny_sd3_path):
+def test_generator_and_fake_start_from_a_tdm_run_checkpoint(tmp_path, tiny_sd3_path):
     first = build_cli(tiny_args(tmp_path / "tdm", tiny_sd3_path, "--trainer.logger=false", "--trainer.max_steps=2", "--model.rewards=null"), run=False)
     first.trainer.fit(first.model, first.datamodule)
     ckpt = next((tmp_path / "tdm").rglob("last.ckpt"))
-    second = build_cli(tiny_args(tmp_path / "r1", tiny_sd3_path, f"--model.backbone.init_args.generator_checkpoint={ckpt}"), run=False)
+    second = build_cli(tiny_args(
+        tmp_path / "r1", tiny_sd3_path, f"--model.backbone.init_args.generator_checkpoint={ckpt}",
+        f"--model.backbone.init_args.fake_checkpoint={ckpt}",
+    ), run=False)
     second.model.configure_model()
-    trained = first.model.backbone.roles.parameters_of(GENERATOR_EMA)
+    trained, roles = first.model.backbone.roles, second.model.backbone.roles
     for role in (GENERATOR, GENERATOR_EMA):
-        assert all(torch.equal(a, b) for a, b in zip(trained, second.model.backbone.roles.parameters_of(role))), role
+        assert all(torch.equal(a, b) for a, b in zip(trained.parameters_of(GENERATOR_EMA), roles.parameters_of(role))), role
+    fake_b = [p for n, p in trained.base.named_parameters() if f".lora_B.{FAKE}." in n]
+    assert fake_b and any(p.abs().sum() > 0 for p in fake_b)  # the fake score was trained ...
+    assert all(torch.equal(a, b) for a, b in zip(trained.parameters_of(FAKE), roles.parameters_of(FAKE)))  # ... and loaded
+    # a checkpoint of this project without the role is refused, naming the key, the file and what it has
+    no_fake = tmp_path / "no_fake.pt"
+    torch.save({k: v for k, v in torch.load(ckpt, weights_only=True)["state_dict"].items() if f".{FAKE}." not in k}, no_fake)
+    third = build_cli(tiny_args(tmp_path / "r2", tiny_sd3_path, f"--model.backbone.init_args.fake_checkpoint={no_fake}"), run=False)
+    with pytest.raises(LoraCheckpointError, match=r"fake_checkpoint: .*no_fake\.pt holds no 'fake' adapter \(it has generator, generator_ema\)"):
+        third.model.configure_model()
 
 
 def test_frozen_surrogate_stops_changing(tmp_path, tiny_sd3_path):

@@ -91,17 +91,20 @@ LORA_FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
 
 class LoraCheckpointError(ValueError):
-    """A LoRA checkpoint that cannot be loaded into the generator."""
+    """A LoRA checkpoint that cannot be loaded into a role."""
 
 
-def check_lora_file(path: str | os.PathLike) -> Path:
-    """Validate a LoRA checkpoint before any model loads: it exists, has a known format and LoRA keys."""
-    path = check_asset(path, "generator_checkpoint")
+def check_lora_file(path: str | os.PathLike, key: str = "generator_checkpoint") -> Path:
+    """Validate a LoRA checkpoint before any model loads: it exists, has a known format and LoRA keys.
+
+    ``key`` is the config key that named the file, for the error messages.
+    """
+    path = check_asset(path, key)
     if not path.is_file():
-        raise LoraCheckpointError(f"generator_checkpoint: no such file: {path}")
+        raise LoraCheckpointError(f"{key}: no such file: {path}")
     if path.suffix not in LORA_FILE_SUFFIXES:
         raise LoraCheckpointError(
-            f"generator_checkpoint: {path} has suffix {path.suffix!r}; expected one of {', '.join(LORA_FILE_SUFFIXES)}"
+            f"{key}: {path} has suffix {path.suffix!r}; expected one of {', '.join(LORA_FILE_SUFFIXES)}"
         )
     if path.suffix == ".safetensors":
         from safetensors import safe_open
@@ -110,21 +113,25 @@ def check_lora_file(path: str | os.PathLike) -> Path:
             keys = list(f.keys())
         if not any(".lora_" in k for k in keys):
             raise LoraCheckpointError(
-                f"generator_checkpoint: {path} holds no LoRA tensors (no key contains '.lora_A.', '.lora_B.', "
+                f"{key}: {path} holds no LoRA tensors (no key contains '.lora_A.', '.lora_B.', "
                 f"'.lora_down.' or '.lora_up.'); first keys: {keys[:3]}"
             )
     return path
 
 
-def load_lora_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+def load_lora_state_dict(
+    path: str | os.PathLike, role: str = GENERATOR, key: str = "generator_checkpoint"
+) -> dict[str, Tensor]:
     """Read a LoRA state dict from safetensors or a torch checkpoint, never executing pickled code.
 
     Keys are normalised to ``<module path>.lora_A.weight`` / ``.lora_B.weight`` (diffusers / peft
     formats with or without a ``transformer.`` or ``base_model.model.`` prefix; kohya-style
-    ``lora_down`` / ``lora_up``). A Lightning checkpoint of this project gives its generator EMA
-    (a TDM run's student, to start TDM-R1 from).
+    ``lora_down`` / ``lora_up``). From a Lightning checkpoint of this project it takes ``role``'s
+    adapter: for the generator its EMA (a TDM run's student, to start TDM-R1 from), for the fake
+    score the fake score (so TDM-R1 starts with the critic that matches that student). ``key`` is
+    the config key that named the file, for the error messages.
     """
-    path = check_lora_file(path)
+    path = check_lora_file(path, key)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -133,36 +140,42 @@ def load_lora_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
         try:
             raw = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # weights_only refuses pickled objects: say so plainly
-            raise LoraCheckpointError(f"generator_checkpoint: cannot read {path} as a tensor state dict: {err}") from err
-        for key in ("state_dict", "module"):
-            if isinstance(raw, dict) and isinstance(raw.get(key), dict):
-                raw = raw[key]
+            raise LoraCheckpointError(f"{key}: cannot read {path} as a tensor state dict: {err}") from err
+        for wrapper in ("state_dict", "module"):
+            if isinstance(raw, dict) and isinstance(raw.get(wrapper), dict):
+                raw = raw[wrapper]
     if not isinstance(raw, dict) or not all(isinstance(v, Tensor) for v in raw.values()):
-        raise LoraCheckpointError(f"generator_checkpoint: {path} is not a flat dictionary of tensors")
-    raw = _own_checkpoint_generator(raw)
+        raise LoraCheckpointError(f"{key}: {path} is not a flat dictionary of tensors")
+    raw = _own_checkpoint_role(raw, role, f"{key}: {path}")
     out: dict[str, Tensor] = {}
-    for key, value in raw.items():
-        if ".alpha" in key or not (".lora_" in key):
+    for name, value in raw.items():
+        if ".alpha" in name or not (".lora_" in name):
             continue
         for old, new in _LORA_SUFFIX_ALIASES.items():
-            key = key.replace(old, new)
+            name = name.replace(old, new)
         for prefix in _LORA_PREFIXES:
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-        out[key] = value
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+        out[name] = value
     if not out:
-        raise LoraCheckpointError(f"generator_checkpoint: {path} holds no LoRA tensors")
+        raise LoraCheckpointError(f"{key}: {path} holds no LoRA tensors")
     return out
 
 
-def _own_checkpoint_generator(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """From a checkpoint of this project (role adapters by name), the generator EMA's (else the generator's) LoRA."""
-    for role in (GENERATOR_EMA, GENERATOR):
-        infix = f".{role}."
+def _own_checkpoint_role(state: dict[str, Tensor], role: str, where: str) -> dict[str, Tensor]:
+    """From a checkpoint of this project (role adapters by name), ``role``'s LoRA (the generator: its EMA first).
+
+    A state dict without role names (a plain LoRA file) is returned as it is.
+    """
+    if not any(".lora_" in k and f".{r}." in k for k in state for r in (*TRAINED_ROLES, *EMA_SOURCES)):
+        return state
+    for candidate in ((GENERATOR_EMA, GENERATOR) if role == GENERATOR else (role,)):
+        infix = f".{candidate}."
         picked = {k.replace(infix, "."): v for k, v in state.items() if ".lora_" in k and infix in k}
         if picked:
             return picked
-    return state
+    roles = sorted({r for k in state for r in (*TRAINED_ROLES, *EMA_SOURCES) if ".lora_" in k and f".{r}." in k})
+    raise LoraCheckpointError(f"{where} holds no {role!r} adapter (it has {', '.join(roles)})")
 
 
 class RoleTransformers(nn.Module):
@@ -325,7 +338,7 @@ class RoleTransformers(nn.Module):
                 )
             if mismatched:
                 lines.append(f"{len(mismatched)} shapes differ (is lora_rank right?), e.g. {mismatched[:3]}")
-            raise LoraCheckpointError(f"generator_checkpoint {source}: " + "; ".join(lines))
+            raise LoraCheckpointError(f"{source}: " + "; ".join(lines))
         with torch.no_grad():
             for key, value in state_dict.items():
                 head, _, tail = key.rpartition(".lora_")
@@ -341,7 +354,7 @@ class RoleTransformers(nn.Module):
             pairs.setdefault(head, {})[tail.split(".")[0]] = value
         bad = [h for h, ab in pairs.items() if h not in modules or not hasattr(modules[h], "weight") or set(ab) != {"A", "B"}]
         if bad:
-            raise LoraCheckpointError(f"generator_checkpoint {source}: keys match no linear layer of the transformer, e.g. {bad[:3]}")
+            raise LoraCheckpointError(f"{source}: keys match no linear layer of the transformer, e.g. {bad[:3]}")
         with torch.no_grad():
             for head, ab in pairs.items():
                 weight = modules[head].weight
@@ -349,7 +362,7 @@ class RoleTransformers(nn.Module):
                 delta = (ab["B"].float() @ ab["A"].float()) * (self._lora_alpha_for_merge / rank)
                 if delta.shape != weight.shape:
                     raise LoraCheckpointError(
-                        f"generator_checkpoint {source}: {head}: LoRA update {tuple(delta.shape)} vs weight {tuple(weight.shape)}"
+                        f"{source}: {head}: LoRA update {tuple(delta.shape)} vs weight {tuple(weight.shape)}"
                     )
                 weight.add_(delta.to(weight.dtype))
         return len(state_dict)

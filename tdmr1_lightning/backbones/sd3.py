@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from .base import (
     DEFAULT_LORA_TARGETS,
+    FAKE,
     GENERATOR,
     GENERATOR_EMA,
     Condition,
@@ -37,6 +38,11 @@ class SD3Backbone(RectifiedFlowBackbone):
         lora_target_modules: Attention projections that get adapters.
         generator_checkpoint: Optional LoRA state dict (``.safetensors`` or a torch checkpoint, read
             without executing pickled code) to start the generator from, e.g. the released TDM LoRA.
+            A checkpoint of this project gives its generator EMA.
+        fake_checkpoint: Optional LoRA state dict to start the fake score from (default: equal to the
+            teacher). A checkpoint of this project gives its fake score: starting TDM-R1 with the
+            critic of the TDM run that made the generator, the marginal-KL term is right from the
+            first step instead of zero until the fake score has learnt the generator's samples.
         dtype: Storage dtype of the frozen weights (adapters always train in float32).
         max_sequence_length: T5 tokens per prompt.
         gradient_checkpointing: Recompute transformer activations in backward to save memory.
@@ -53,6 +59,7 @@ class SD3Backbone(RectifiedFlowBackbone):
         lora_alpha: float = 64.0,
         lora_target_modules: Sequence[str] = DEFAULT_LORA_TARGETS,
         generator_checkpoint: str | None = None,
+        fake_checkpoint: str | None = None,
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         max_sequence_length: int = 256,
         gradient_checkpointing: bool = False,
@@ -66,6 +73,7 @@ class SD3Backbone(RectifiedFlowBackbone):
             raise ValueError(f"lora_rank must be >= 1, got {lora_rank}")
         self.pretrained_model = resolve_pretrained(pretrained_model, revision=revision)
         self.generator_checkpoint = check_lora_file(generator_checkpoint) if generator_checkpoint else None
+        self.fake_checkpoint = check_lora_file(fake_checkpoint, "fake_checkpoint") if fake_checkpoint else None
         self.resolution = resolution
         self.roles_as = roles_as
         self.lora = dict(lora_rank=lora_rank, lora_alpha=lora_alpha, lora_target_modules=tuple(lora_target_modules))
@@ -101,9 +109,12 @@ class SD3Backbone(RectifiedFlowBackbone):
         self.roles._lora_alpha_for_merge = float(self.lora["lora_alpha"])
         if self.generator_checkpoint is not None:
             state = load_lora_state_dict(self.generator_checkpoint)
-            self.roles.load_lora_(GENERATOR, state, str(self.generator_checkpoint))
+            self.roles.load_lora_(GENERATOR, state, f"generator_checkpoint {self.generator_checkpoint}")
             if GENERATOR_EMA in self.roles.roles:
                 self.roles.copy_role_(GENERATOR_EMA, GENERATOR)
+        if self.fake_checkpoint is not None and FAKE in self.roles.roles:  # inference builds no fake score
+            state = load_lora_state_dict(self.fake_checkpoint, FAKE, "fake_checkpoint")
+            self.roles.load_lora_(FAKE, state, f"fake_checkpoint {self.fake_checkpoint}")
 
     # -- the interface --------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ class TinySD3Backbone(SD3Backbone):
         lora_alpha: LoRA alpha.
         lora_target_modules: Attention projections that get adapters.
         generator_checkpoint: Optional LoRA state dict to start the generator from.
+        fake_checkpoint: Optional LoRA state dict to start the fake score from.
         dtype: Storage dtype of the frozen weights.
         max_sequence_length: T5 tokens per prompt.
         num_layers: Transformer blocks (used only when the folder is built).
@@ -45,6 +46,7 @@ class TinySD3Backbone(SD3Backbone):
         lora_alpha: float = 8.0,
         lora_target_modules: Sequence[str] = DEFAULT_LORA_TARGETS,
         generator_checkpoint: str | None = None,
+        fake_checkpoint: str | None = None,
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         max_sequence_length: int = 64,
         num_layers: int = 2,
@@ -61,7 +63,8 @@ class TinySD3Backbone(SD3Backbone):
         )
         super().__init__(
             str(path), resolution=resolution, roles_as=roles_as, lora_rank=lora_rank, lora_alpha=lora_alpha,
-            lora_target_modules=lora_target_modules, generator_checkpoint=generator_checkpoint, dtype=dtype,
+            lora_target_modules=lora_target_modules, generator_checkpoint=generator_checkpoint, fake_checkpoint=fake_checkpoint,
+            dtype=dtype,
             max_sequence_length=max_sequence_length,
         )
 
