@@ -47,6 +47,7 @@ __all__ = [
     "evaluate_samples",
     "format_comparison",
     "format_table",
+    "images_per_prompt_by_tag",
     "main",
     "mean_and_se",
     "sample_images",
@@ -316,6 +317,20 @@ def sample_images(
     return module.decode(x)
 
 
+def images_per_prompt_by_tag(tags: Sequence[str], images_per_prompt: int, min_samples_per_tag: int = 0) -> list[int]:
+    """Samples of each prompt: ``images_per_prompt``, more for the prompts of a tag with few prompts.
+
+    A tag with ``n`` prompts gets ``max(images_per_prompt, ceil(min_samples_per_tag / n))`` samples a
+    prompt, so every tag's accuracy rests on at least ``min_samples_per_tag`` images. GenEval's overall
+    is the mean over tags: a tag of two prompts weighs as much as one of two hundred, and four images
+    each would make its share of the overall mostly noise.
+    """
+    if images_per_prompt < 1 or min_samples_per_tag < 0:
+        raise ValueError(f"images_per_prompt must be >= 1 and min_samples_per_tag >= 0, got {images_per_prompt}, {min_samples_per_tag}")
+    prompts_of = {t: sum(1 for x in tags if x == t) for t in set(tags)}
+    return [max(images_per_prompt, math.ceil(min_samples_per_tag / prompts_of[t])) for t in tags]
+
+
 def evaluate_samples(
     module: Any,
     prompts: list[str],
@@ -326,7 +341,7 @@ def evaluate_samples(
     boundaries: list[float],
     guidance: float,
     rewards: Any,
-    images_per_prompt: int = 1,
+    images_per_prompt: int | Sequence[int] = 1,
     seed: int = 0,
     batch_size: int = 64,
     forward_context: Any = nullcontext,
@@ -340,8 +355,9 @@ def evaluate_samples(
         prompts, metadata, tags: The prompt records and each one's table tag.
         role, boundaries, guidance: What samples, over which step boundaries, with which guidance.
         rewards: A :class:`~tdmr1_lightning.reward.WeightedRewards`, or None to only sample.
-        images_per_prompt, seed, batch_size: Samples per prompt; the noise seed (per sample, see
-            :func:`sample_noise`); samples per forward batch.
+        images_per_prompt, seed, batch_size: Samples per prompt (one number, or one a prompt, see
+            :func:`images_per_prompt_by_tag`); the noise seed (per sample, see :func:`sample_noise`);
+            samples per forward batch.
         forward_context: Context manager factory wrapped around each sampling call (mixed precision).
         progress: Show a progress bar on stderr.
         on_images: Called as ``on_images(batch, images)`` with each batch's ``(prompt, image)`` indices
@@ -354,7 +370,10 @@ def evaluate_samples(
     """
     from tqdm import tqdm
 
-    samples = [(p, k) for p in range(len(prompts)) for k in range(images_per_prompt)]
+    counts = [images_per_prompt] * len(prompts) if isinstance(images_per_prompt, int) else list(images_per_prompt)
+    if len(counts) != len(prompts):
+        raise ValueError(f"images_per_prompt: {len(counts)} counts for {len(prompts)} prompts")
+    samples = [(p, k) for p in range(len(prompts)) for k in range(counts[p])]
     batches = [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
     labels = [label for label, _, _ in rewards.items] if rewards is not None else []
     scores: dict[str, list[float | None]] = {label: [] for label in labels}
@@ -498,6 +517,10 @@ def build_parser() -> argparse.ArgumentParser:
                                "a generator role accepts only 1")
     sampling.add_argument("--images-per-prompt", type=_positive_int, default=1, metavar="M",
                           help="samples per prompt (default: %(default)s; GenEval's protocol uses 4)")
+    sampling.add_argument("--min-samples-per-tag", type=_non_negative_int, default=0, metavar="N",
+                          help="sample the prompts of a tag with few prompts more often, so that every tag has at "
+                               "least N samples (default: %(default)s = off); the overall over tags then rests on "
+                               "enough images in every tag")
     sampling.add_argument("--batch-size", type=_positive_int, metavar="B",
                           help="samples per forward batch (default: the model's rollout_batch_size); "
                                "the images do not depend on it")
@@ -742,6 +765,7 @@ def run(options: argparse.Namespace, passthrough: Sequence[str] = (), fail=None)
 
     # -- sample and score
     ipp = options.images_per_prompt
+    counts = images_per_prompt_by_tag(prompt_tags, ipp, options.min_samples_per_tag)
     batch_size = options.batch_size or module.rollout_batch_size
     labels = [label for label, _, _ in rewards.items] if rewards is not None else []
     out_dir = Path(options.out) if options.out is not None else None
@@ -760,7 +784,7 @@ def run(options: argparse.Namespace, passthrough: Sequence[str] = (), fail=None)
 
     result = evaluate_samples(
         module, prompts, metadata, prompt_tags, role=options.role, boundaries=boundaries, guidance=guidance,
-        rewards=rewards, images_per_prompt=ipp, seed=options.seed, batch_size=batch_size,
+        rewards=rewards, images_per_prompt=counts, seed=options.seed, batch_size=batch_size,
         forward_context=precision.forward_context, progress=options.progress,
         on_images=keep_images if options.save_images != "none" else None,
     )
@@ -773,7 +797,8 @@ def run(options: argparse.Namespace, passthrough: Sequence[str] = (), fail=None)
     title = (
         f"**{options.role}**, {steps} steps, "
         + (f"guidance {guidance:g}" if guidance != 1.0 else "no guidance")
-        + f", seed {options.seed}: {len(samples)} samples ({len(records)} prompts x {ipp})"
+        + f", seed {options.seed}: {len(samples)} samples ({len(records)} prompts x {ipp}"
+        + (f", at least {options.min_samples_per_tag} a tag)" if options.min_samples_per_tag else ")")
         + (f", checkpoint `{options.ckpt}`" if options.ckpt else "")
     )
     table = format_table(summary, title)
@@ -788,6 +813,7 @@ def run(options: argparse.Namespace, passthrough: Sequence[str] = (), fail=None)
         "seed": options.seed,
         "num_prompts": len(records),
         "images_per_prompt": ipp,
+        "min_samples_per_tag": options.min_samples_per_tag,
         "num_samples": len(samples),
         "batch_size": batch_size,
         "device": str(device),
@@ -860,6 +886,8 @@ class EvaluateOnFit(L.Callback):
         prompts: Prompt file (as ``tdmr1 evaluate --prompts``): JSON Lines with metadata, or text.
         rewards: Evaluation rewards (a list like ``model.rewards``); default: the model's eval rewards.
         images_per_prompt: Samples per prompt.
+        min_samples_per_tag: Sample the prompts of small tags more often, so that every tag has at least
+            this many samples (0: off; see :func:`images_per_prompt_by_tag`).
         seed: Noise seed (the same for every row).
         batch_size: Samples per forward batch (default: the model's rollout batch size).
         limit: Evaluate only the first N prompts.
@@ -874,6 +902,7 @@ class EvaluateOnFit(L.Callback):
         prompts: str,
         rewards: list[Any] | None = None,
         images_per_prompt: int = 1,
+        min_samples_per_tag: int = 0,
         seed: int = 0,
         batch_size: int | None = None,
         limit: int | None = None,
@@ -884,8 +913,6 @@ class EvaluateOnFit(L.Callback):
     ) -> None:
         from .data import load_prompts
 
-        if images_per_prompt < 1:
-            raise ValueError(f"images_per_prompt must be >= 1, got {images_per_prompt}")
         if teacher_steps is not None and teacher_steps < 1:
             raise ValueError(f"teacher_steps must be >= 1 or null, got {teacher_steps}")
         self.records = load_prompts(prompts)[:limit]  # read now: a bad file fails before any model loads
@@ -893,7 +920,9 @@ class EvaluateOnFit(L.Callback):
         self.prompts_path = prompts
         self.reward_entries = rewards
         self.rewards = _build_rewards(rewards) if rewards is not None else None
-        self.images_per_prompt, self.seed, self.batch_size = images_per_prompt, seed, batch_size
+        self.counts = images_per_prompt_by_tag(self.tags, images_per_prompt, min_samples_per_tag)
+        self.images_per_prompt, self.min_samples_per_tag = images_per_prompt, min_samples_per_tag
+        self.seed, self.batch_size = seed, batch_size
         self.at_start, self.teacher_steps, self.teacher_guidance = at_start, teacher_steps, teacher_guidance
         self.out_dir = out_dir
         self.rows: list[tuple[str, dict[str, Any]]] = []
@@ -921,7 +950,7 @@ class EvaluateOnFit(L.Callback):
         try:
             result = evaluate_samples(
                 module, self.prompts, self.metadata, self.tags, role=role, boundaries=step_boundaries(steps, module.hparams.shift),
-                guidance=guidance, rewards=rewards, images_per_prompt=self.images_per_prompt, seed=self.seed,
+                guidance=guidance, rewards=rewards, images_per_prompt=self.counts, seed=self.seed,
                 batch_size=self.batch_size or module.rollout_batch_size,
                 forward_context=trainer.precision_plugin.forward_context, progress=trainer.progress_bar_callback is not None,
             )
@@ -951,15 +980,18 @@ class EvaluateOnFit(L.Callback):
                 guidance = self.teacher_guidance if self.teacher_guidance is not None else float(pl_module.hparams.guidance_scale)
                 self._run(trainer, pl_module, f"teacher, {self.teacher_steps} steps, guidance {guidance:g}", "teacher",
                           self.teacher_steps, guidance)
-            title = (f"Evaluation on {self.prompts_path}: {len(self.records)} prompts x {self.images_per_prompt}, "
-                     f"seed {self.seed}; generator rows at {pl_module.hparams.num_steps} steps without guidance")
+            at_least = f" (at least {self.min_samples_per_tag} a tag)" if self.min_samples_per_tag else ""
+            title = (f"Evaluation on {self.prompts_path}: {len(self.records)} prompts x {self.images_per_prompt}{at_least}, "
+                     f"{sum(self.counts)} samples, seed {self.seed}; generator rows at {pl_module.hparams.num_steps} steps "
+                     "without guidance")
             table = format_comparison(self.rows, title)
             print("\n" + table + "\n", flush=True)
             out = Path(self.out_dir) if self.out_dir else Path(trainer.log_dir or trainer.default_root_dir) / "evaluation"
             out.mkdir(parents=True, exist_ok=True)
             (out / "table.md").write_text(table + "\n", encoding="utf-8")
             (out / "results.json").write_text(
-                json.dumps({"prompts": self.prompts_path, "images_per_prompt": self.images_per_prompt, "seed": self.seed,
+                json.dumps({"prompts": self.prompts_path, "images_per_prompt": self.images_per_prompt,
+                            "min_samples_per_tag": self.min_samples_per_tag, "seed": self.seed,
                             "rewards": self.reward_entries, "rows": self.results, "table": table}, indent=2, default=str) + "\n",
                 encoding="utf-8",
             )

@@ -13,7 +13,8 @@ from tdmr1_lightning import evaluate
 from tdmr1_lightning.backbones.base import GENERATOR_EMA, TEACHER
 from tdmr1_lightning.cli import build_cli
 from tdmr1_lightning.evaluate import (
-    EvaluationError, format_table, main, mean_and_se, sample_images, sample_noise, summarise, wilson_interval,
+    EvaluationError, format_table, images_per_prompt_by_tag, main, mean_and_se, sample_images, sample_noise, summarise,
+    wilson_interval,
 )
 from tdmr1_lightning.schedule import step_boundaries
 
@@ -145,6 +146,12 @@ def test_teacher_at_n_steps_with_guidance(tmp_path, tiny_sd3_path, prompts, caps
     results = json.loads((out / "results.json").read_text())
     assert (results["steps"], results["guidance"], results["num_samples"]) == (evaluate.TEACHER_DEFAULT_STEPS, 4.5, 1)
 
+    # the single counting prompt is sampled 3 times, the two single_object prompts twice each
+    assert main(base_args(tiny_sd3_path, prompts, "--steps", "1", "--min-samples-per-tag", "3", "--out", str(out))) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["summary"]["num_samples"] == {"single_object": 4, "counting": 3, "overall": 7}
+    assert results["min_samples_per_tag"] == 3 and "at least 3 a tag" in capsys.readouterr().out
+
 
 def test_fake_geneval_reward_gives_accuracy_columns(tmp_path, tiny_sd3_path, prompts, fake_reward, capsys):
     out = tmp_path / "out"
@@ -198,6 +205,15 @@ def test_statistics():
     assert wilson_interval(0, 0) is None
     assert mean_and_se([1.0, 2.0, 3.0, 4.0]) == pytest.approx((2.5, math.sqrt(5 / 3 / 4)))
     assert mean_and_se([3.0]) == (3.0, None) and mean_and_se([]) == (None, None)
+
+
+def test_small_tags_get_more_samples_per_prompt():
+    tags = ["position"] * 10 + ["colors"] * 3 + ["two_object"]
+    assert images_per_prompt_by_tag(tags, 2) == [2] * 14
+    # at least 8 a tag: position keeps 2 a prompt (20 samples), colors 3 a prompt (9), two_object 8
+    assert images_per_prompt_by_tag(tags, 2, 8) == [2] * 10 + [3] * 3 + [8]
+    with pytest.raises(ValueError, match="min_samples_per_tag"):
+        images_per_prompt_by_tag(tags, 1, -1)
 
 
 # ------------------------------------------------------------------------------------------ sampling and checkpoints
@@ -319,7 +335,7 @@ def test_evaluate_on_fit_compares_start_end_and_teacher(tmp_path, tiny_sd3_path,
 
     rewards = [{"class_path": fake_reward}, {"name": "jpeg_compressibility"}]
     callback = EvaluateOnFit(str(prompts), rewards=rewards, teacher_steps=3, images_per_prompt=2,
-                             out_dir=str(tmp_path / "eval"))
+                             min_samples_per_tag=3, out_dir=str(tmp_path / "eval"))
     fit = tiny_cli(tmp_path / "fit", tiny_sd3_path, "--trainer.max_steps=2")
     fit.trainer.callbacks.append(callback)
     fit.trainer.fit(fit.model, fit.datamodule)
@@ -335,6 +351,7 @@ def test_evaluate_on_fit_compares_start_end_and_teacher(tmp_path, tiny_sd3_path,
     results = json.loads((tmp_path / "eval" / "results.json").read_text())["rows"]
     start, end = results["generator at start (step 0)"], results["generator after training (step 2)"]
     assert (start["steps"], end["global_step"], results["teacher, 3 steps, guidance 4.5"]["steps"]) == (4, 2, 3)
+    assert start["summary"]["num_samples"] == {"single_object": 4, "counting": 3, "overall": 7}  # min_samples_per_tag
     # the generator changed in training, so the JPEG score of the same noise changed
     assert start["summary"]["rewards"]["jpeg_compressibility"]["overall"]["mean"] != \
         end["summary"]["rewards"]["jpeg_compressibility"]["overall"]["mean"]
