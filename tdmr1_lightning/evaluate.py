@@ -28,6 +28,7 @@ import re
 import sys
 import time
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -327,7 +328,7 @@ def images_per_prompt_by_tag(tags: Sequence[str], images_per_prompt: int, min_sa
     """
     if images_per_prompt < 1 or min_samples_per_tag < 0:
         raise ValueError(f"images_per_prompt must be >= 1 and min_samples_per_tag >= 0, got {images_per_prompt}, {min_samples_per_tag}")
-    prompts_of = {t: sum(1 for x in tags if x == t) for t in set(tags)}
+    prompts_of = Counter(tags)
     return [max(images_per_prompt, math.ceil(min_samples_per_tag / prompts_of[t])) for t in tags]
 
 

@@ -167,15 +167,14 @@ def _own_checkpoint_role(state: dict[str, Tensor], role: str, where: str) -> dic
 
     A state dict without role names (a plain LoRA file) is returned as it is.
     """
-    if not any(".lora_" in k and f".{r}." in k for k in state for r in (*TRAINED_ROLES, *EMA_SOURCES)):
+    present = {r for k in state if ".lora_" in k for r in (*TRAINED_ROLES, *EMA_SOURCES) if f".{r}." in k}
+    if not present:
         return state
     for candidate in ((GENERATOR_EMA, GENERATOR) if role == GENERATOR else (role,)):
-        infix = f".{candidate}."
-        picked = {k.replace(infix, "."): v for k, v in state.items() if ".lora_" in k and infix in k}
-        if picked:
-            return picked
-    roles = sorted({r for k in state for r in (*TRAINED_ROLES, *EMA_SOURCES) if ".lora_" in k and f".{r}." in k})
-    raise LoraCheckpointError(f"{where} holds no {role!r} adapter (it has {', '.join(roles)})")
+        if candidate in present:
+            infix = f".{candidate}."
+            return {k.replace(infix, "."): v for k, v in state.items() if ".lora_" in k and infix in k}
+    raise LoraCheckpointError(f"{where} holds no {role!r} adapter (it has {', '.join(sorted(present))})")
 
 
 class RoleTransformers(nn.Module):
