@@ -13,6 +13,7 @@ import copy
 import functools
 import json
 import math
+import os
 from collections.abc import Iterator, Sequence, Sized
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,14 @@ __all__ = [
 # Key under which PromptDataset records the dataset index; collate_groups turns it
 # into ``prompt_index`` and strips it from the metadata.
 _INDEX_KEY = "_index"
+
+
+def run_seed(seed: int | None) -> int:
+    """``seed``, or when it is ``None`` the run's global seed (``seed_everything`` / the CLI's
+    ``--seed_everything``, which Lightning exports as ``PL_GLOBAL_SEED``), else 0."""
+    if seed is not None:
+        return int(seed)
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
 
 class PromptFileError(ValueError):
@@ -260,7 +269,8 @@ class PromptDataModule(lightning.LightningDataModule):
         group_size: Samples generated per prompt in a step (the GRPO group size).
         val_batch_size: Validation prompts per batch (each sampled once).
         shuffle: Shuffle the training prompts every epoch.
-        seed: Seed of the per-epoch prompt permutation (combined with the epoch).
+        shuffle_seed: Seed of the per-epoch prompt permutation (combined with the epoch); ``None``:
+            the run's global seed (``seed_everything``), so one seed varies the whole run.
         num_workers: DataLoader worker processes.
     """
 
@@ -272,7 +282,7 @@ class PromptDataModule(lightning.LightningDataModule):
         group_size: int = 24,
         val_batch_size: int = 8,
         shuffle: bool = True,
-        seed: int = 0,
+        shuffle_seed: int | None = None,
         num_workers: int = 0,
     ) -> None:
         super().__init__()
@@ -285,13 +295,14 @@ class PromptDataModule(lightning.LightningDataModule):
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
         self.save_hyperparameters()
+        self.hparams.shuffle_seed = shuffle_seed = run_seed(shuffle_seed)  # recorded resolved (the CLI saves its config's null)
         self.train_prompts = train_prompts
         self.val_prompts = val_prompts
         self.prompts_per_step = prompts_per_step
         self.group_size = group_size
         self.val_batch_size = val_batch_size
         self.shuffle = shuffle
-        self.seed = seed
+        self.shuffle_seed = shuffle_seed
         self.num_workers = num_workers
         # Load now so a bad prompt file fails before any model is built.
         self.train_records = load_prompts(train_prompts)
@@ -332,7 +343,7 @@ class PromptDataModule(lightning.LightningDataModule):
             num_replicas=self.world_size,
             rank=self.rank,
             shuffle=self.shuffle,
-            seed=self.seed,
+            seed=self.shuffle_seed,
         )
         return DataLoader(
             sampler.dataset,

@@ -366,8 +366,9 @@ def evaluate_samples(
 
     Returns:
         ``samples`` (the ``(prompt, image)`` indices), ``scores`` and ``correct`` per reward label (None
-        where invalid; ``correct`` None for a reward without it), ``summary`` (:func:`summarise`),
-        ``sample_s`` and ``score_s`` (seconds).
+        where invalid; ``correct`` None for a reward without it), ``reasons`` per label of the rewards
+        whose details give them (why a sample failed, e.g. GenEval's; "" where it passed),
+        ``summary`` (:func:`summarise`), ``sample_s`` and ``score_s`` (seconds).
     """
     from tqdm import tqdm
 
@@ -379,6 +380,7 @@ def evaluate_samples(
     labels = [label for label, _, _ in rewards.items] if rewards is not None else []
     scores: dict[str, list[float | None]] = {label: [] for label in labels}
     correct: dict[str, list[bool | None] | None] = {label: [] for label in labels}
+    reasons: dict[str, list[str | None]] = {label: [] for label in labels}
     device = module.device
     sample_s = score_s = 0.0
     steps = len(boundaries) - 1
@@ -398,6 +400,10 @@ def evaluate_samples(
             for label, (out, _) in outputs.items():
                 valid = out.valid.tolist()
                 scores[label] += [float(s) if v else None for s, v in zip(out.scores.tolist(), valid)]
+                why = out.details.get("reasons")
+                if not (isinstance(why, (list, tuple)) and len(why) == len(batch)):
+                    why = [None] * len(batch)
+                reasons[label] += [str(r) if r is not None and v else None for r, v in zip(why, valid)]
                 flags = out.details.get("correct")
                 if flags is None or correct[label] is None:
                     correct[label] = None
@@ -412,7 +418,8 @@ def evaluate_samples(
     bar.close()
     weights = {label: weight for label, _, weight in rewards.items} if rewards is not None else {}
     summary = summarise([tags[p] for p, _ in samples], scores, correct, weights)
-    return {"samples": samples, "scores": scores, "correct": correct, "summary": summary,
+    reasons = {label: why for label, why in reasons.items() if any(r is not None for r in why)}
+    return {"samples": samples, "scores": scores, "correct": correct, "reasons": reasons, "summary": summary,
             "sample_s": sample_s, "score_s": score_s}
 
 
@@ -440,7 +447,8 @@ training-config overrides go to the same parser as 'tdmr1 fit' (the config's tra
   e.g. --override --trainer.precision=32-true to sample without bf16 autocast.
 
 outputs (with --out DIR): results.json (all numbers, the resolved config, checkpoint, role, steps,
-  guidance, seed, prompt file, counts, timings), table.md, samples.jsonl (one line a sample), and with
+  guidance, seed, prompt file, counts, timings), table.md, samples.jsonl (one line a sample: scores,
+  correct, and a reward's reasons for a failure where it gives them, as GenEval's does), and with
   --save-images: 'each' writes DIR/images/<prompt:05d>/samples/<image:04d>.png plus that folder's
   metadata.jsonl (GenEval's layout: the official evaluator runs on it); 'grid' writes DIR/grid.png
   (a row of --images-per-prompt images for each of the first {GRID_MAX_PROMPTS} prompts).
@@ -789,7 +797,7 @@ def run(options: argparse.Namespace, passthrough: Sequence[str] = (), fail=None)
         forward_context=precision.forward_context, progress=options.progress,
         on_images=keep_images if options.save_images != "none" else None,
     )
-    samples, scores, correct = result["samples"], result["scores"], result["correct"]
+    samples, scores, correct, reasons = result["samples"], result["scores"], result["correct"], result["reasons"]
     sample_s, score_s = result["sample_s"], result["score_s"]
 
     # -- summarise and write
@@ -843,6 +851,8 @@ def run(options: argparse.Namespace, passthrough: Sequence[str] = (), fail=None)
                     "scores": {label: scores[label][i] for label in labels},
                     "correct": {label: correct[label][i] for label in labels if correct[label] is not None},
                 }
+                if reasons:
+                    line["reasons"] = {label: why[i] for label, why in reasons.items()}
                 f.write(json.dumps(line, default=str) + "\n")
         if options.save_images == "grid" and grid_images:
             from torchvision.utils import make_grid

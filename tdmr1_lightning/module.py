@@ -33,7 +33,7 @@ from .backbones.base import (
     Condition,
     RectifiedFlowBackbone,
 )
-from .data import split_records
+from .data import run_seed, split_records
 from .image_logging import log_image_grid
 from .registry import RewardSpec
 from .reward import WeightedRewards
@@ -113,7 +113,8 @@ class TDMR1Module(L.LightningModule):
         generator_ema_max_decay: Cap of the generator EMA decay ``min((1 + n) / (10 + n), cap)``.
         max_nonfinite_steps: Stop with an error after this many consecutive steps with a non-finite loss.
         log_images_every_n_steps: Log a grid of rollout images every this many steps (0: never).
-        seed: Seed of the sampling noise and the drawn levels (independent of the global seed, so resuming repeats them).
+        noise_seed: Seed of the rollout noise and the drawn levels; ``None``: the run's global seed
+            (``seed_everything``). The resolved value is saved with the hyperparameters, so resuming repeats them.
     """
 
     def __init__(
@@ -157,7 +158,7 @@ class TDMR1Module(L.LightningModule):
         generator_ema_max_decay: float = 0.9,
         max_nonfinite_steps: int = 3,
         log_images_every_n_steps: int = 50,
-        seed: int = 0,
+        noise_seed: int | None = None,
     ) -> None:
         super().__init__()
         check_schedule(num_steps, shift)
@@ -173,6 +174,7 @@ class TDMR1Module(L.LightningModule):
         if not 1 <= boundaries_per_batch <= num_steps:
             raise ValueError(f"boundaries_per_batch (M) must be in [1, num_steps={num_steps}], got {boundaries_per_batch}")
         self.save_hyperparameters(ignore=["backbone", "rewards", "eval_rewards", "generator_optimizer", "critic_optimizer"])
+        self.hparams.noise_seed = run_seed(noise_seed)  # recorded resolved (the CLI saves its config's null)
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold the roles only, not the frozen base
         self.backbone = backbone
@@ -254,7 +256,7 @@ class TDMR1Module(L.LightningModule):
 
     def _noise_generator(self, step: int, salt: int = 0) -> torch.Generator:
         rank = self.global_rank if self._trainer is not None else 0
-        seed = hash((self.hparams.seed, rank, step, salt)) % (2**62)
+        seed = hash((self.hparams.noise_seed, rank, step, salt)) % (2**62)
         return torch.Generator(self.device).manual_seed(seed)
 
     @torch.no_grad()
@@ -314,7 +316,7 @@ class TDMR1Module(L.LightningModule):
 
         mbs = hp.micro_batch_size
         micro_batches = [slice(i, i + mbs) for i in range(0, n, mbs)]
-        levels = torch.Generator().manual_seed(hash((hp.seed, step, -1)) % (2**62))  # same on every process
+        levels = torch.Generator().manual_seed(hash((hp.noise_seed, step, -1)) % (2**62))  # same on every process
         noise = self._noise_generator(step, salt=1)
         # (micro-batch, generator boundary j, surrogate boundary j') for every update, drawn up front.
         weights = torch.arange(1, hp.num_steps + 1, dtype=torch.float)
@@ -568,7 +570,7 @@ class TDMR1Module(L.LightningModule):
     # ------------------------------------------------------------------------------------------
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        images = self.generate(batch["prompts"], GENERATOR_EMA, seed=self.hparams.seed + batch_idx)
+        images = self.generate(batch["prompts"], GENERATOR_EMA, seed=self.hparams.noise_seed + batch_idx)
         if batch_idx == 0:
             log_image_grid(self, "val/samples", images)
         if self.eval_rewards is not None:
@@ -580,4 +582,4 @@ class TDMR1Module(L.LightningModule):
         self.validation_step(batch, batch_idx)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        return self.generate(batch["prompts"], GENERATOR_EMA, seed=self.hparams.seed + batch_idx)
+        return self.generate(batch["prompts"], GENERATOR_EMA, seed=self.hparams.noise_seed + batch_idx)

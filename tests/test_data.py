@@ -205,7 +205,7 @@ def test_collate_without_index_and_bad_group_size() -> None:
 
 def test_datamodule_single_process(tmp_path: Path) -> None:
     train = _prompt_file(tmp_path, 10)
-    dm = PromptDataModule(str(train), prompts_per_step=4, group_size=3, seed=1)
+    dm = PromptDataModule(str(train), prompts_per_step=4, group_size=3, shuffle_seed=1)
     dm.setup("fit")
     assert dm.samples_per_step_local == 12
     batches = list(dm.train_dataloader())
@@ -217,9 +217,18 @@ def test_datamodule_single_process(tmp_path: Path) -> None:
     assert dm.val_dataloader() == []
 
 
+def test_datamodule_shuffle_seed_defaults_to_the_global_seed(tmp_path: Path, monkeypatch) -> None:
+    train = _prompt_file(tmp_path, 10)
+    monkeypatch.setenv("PL_GLOBAL_SEED", "7")  # what seed_everything(7) exports
+    assert PromptDataModule(str(train)).hparams.shuffle_seed == 7
+    assert PromptDataModule(str(train), shuffle_seed=2).hparams.shuffle_seed == 2
+    monkeypatch.delenv("PL_GLOBAL_SEED")
+    assert PromptDataModule(str(train)).shuffle_seed == 0
+
+
 def test_datamodule_with_fake_trainer_rank(tmp_path: Path) -> None:
     train = _prompt_file(tmp_path, 16)
-    dm = PromptDataModule(str(train), prompts_per_step=8, group_size=2, seed=4)
+    dm = PromptDataModule(str(train), prompts_per_step=8, group_size=2, shuffle_seed=4)
     dm.trainer = SimpleNamespace(world_size=2, global_rank=1)
     dm.setup("fit")
     assert dm.samples_per_step_local == 8

@@ -45,7 +45,8 @@ class FakeGenEval(Reward):
         correct = torch.tensor([float(m["ok"]) for m in metadata])
         valid = torch.tensor([bool(m.get("valid", True)) for m in metadata])
         return RewardOutput(scores=0.5 * correct, valid=valid,
-                            details={"correct": correct, "soft": 0.5 * correct, "tag": [m["tag"] for m in metadata]})
+                            details={"correct": correct, "soft": 0.5 * correct, "tag": [m["tag"] for m in metadata],
+                                     "reasons": ["" if m["ok"] else f"no {m['tag']}" for m in metadata]})
 '''
 
 
@@ -176,6 +177,8 @@ def test_fake_geneval_reward_gives_accuracy_columns(tmp_path, tiny_sd3_path, pro
     assert rows[5] == ["FakeGenEval valid", "4/4", "0/2", "4/6"]
     lines = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert [s["correct"]["FakeGenEval"] for s in lines] == [True, True, False, False, None, None]
+    # the reward's reasons reach each line (None where invalid); jpeg gives none, so it has no entry
+    assert [s["reasons"] for s in lines] == [{"FakeGenEval": r} for r in ["", "", "no single_object", "no single_object", None, None]]
 
 
 def test_geneval_overall_is_the_mean_over_tags():

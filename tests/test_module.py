@@ -139,6 +139,21 @@ def test_resume_from_a_checkpoint_continues_exactly(tmp_path, tiny_sd3_path):
         assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a, b)), role
 
 
+def test_one_seed_varies_the_whole_run(tmp_path, tiny_sd3_path, monkeypatch):
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)  # restored after the test
+    # --seed_everything alone sets the rollout noise and the prompt shuffling; with a logger, Lightning merges
+    # the module's and the datamodule's hyperparameters, which must not share a key with different values
+    cli = build_cli(tiny_args(tmp_path / "a", tiny_sd3_path, "--seed_everything=3", "--trainer.max_steps=1"), run=False)
+    assert cli.model.hparams.noise_seed == 3 and cli.datamodule.hparams.shuffle_seed == 3
+    cli.trainer.fit(cli.model, cli.datamodule)
+    cli = build_cli(tiny_args(tmp_path / "b", tiny_sd3_path, "--seed_everything=3", "--model.noise_seed=5",
+                              "--trainer.max_steps=1"), run=False)
+    assert cli.model.hparams.noise_seed == 5 and cli.datamodule.hparams.shuffle_seed == 3
+    cli.trainer.fit(cli.model, cli.datamodule)
+    saved = torch.load(next((tmp_path / "b").rglob("*.ckpt")), weights_only=False)["hyper_parameters"]
+    assert saved["noise_seed"] == 5  # the resolved seed is recorded
+
+
 def test_predict_returns_generator_ema_images(tmp_path, tiny_sd3_path):
     cli = build_cli(tiny_args(tmp_path, tiny_sd3_path, "--trainer.logger=false"), run=False)
     batches = cli.trainer.predict(cli.model, datamodule=cli.datamodule)

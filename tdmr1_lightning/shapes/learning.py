@@ -39,6 +39,7 @@ def reward_before_and_after(
 ) -> tuple[float, float]:
     """``(mean soft score before, after)`` of one seeded run in ``workdir`` (no logger, no checkpoints).
 
+    ``seed`` is the run's ``seed_everything``: its rollout noise, drawn levels and prompt order.
     ``overrides`` go to the config parser after the run's own settings, e.g. ``["--model.beta=5"]``.
     """
     from ..cli import build_cli
@@ -51,7 +52,7 @@ def reward_before_and_after(
         images_per_prompt=images_per_prompt, teacher_steps=None, out_dir=str(workdir / "eval"),
     )
     cli = build_cli([
-        "--config", str(CONFIG), f"--seed_everything={seed}", f"--model.seed={seed}",
+        "--config", str(CONFIG), f"--seed_everything={seed}",
         f"--data.train_prompts={prompts}", f"--data.prompts_per_step={prompts_per_step}",
         f"--trainer.max_epochs={epochs}", "--trainer.max_steps=-1", "--trainer.callbacks=null",
         "--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
