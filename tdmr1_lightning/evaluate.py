@@ -890,8 +890,10 @@ class EvaluateOnFit(L.Callback):
     training, the trained generator EMA; and, optionally, the teacher at ``teacher_steps`` with guidance
     (the many-step reference). Each run is :func:`evaluate_samples` with the same noise, so rows differ
     only by the model. The table (:func:`format_comparison`) is printed, written to
-    ``<log dir>/evaluation/table.md`` with every number in ``results.json``, and each row's overall
-    scores are logged as ``eval/<row>/<reward>``. Runs on global rank 0; other ranks wait.
+    ``<log dir>/evaluation[/<name>]/table.md`` with every number in ``results.json``, and each row's
+    overall scores are logged as ``eval/[<name>/]<row>/<reward>``. A run may have several, each with
+    its own ``name`` (e.g. held-out prompts and prompts it trains on). Runs on global rank 0; other
+    ranks wait.
 
     Args:
         prompts: Prompt file (as ``tdmr1 evaluate --prompts``): JSON Lines with metadata, or text.
@@ -905,7 +907,8 @@ class EvaluateOnFit(L.Callback):
         at_start: Also evaluate the generator EMA before the first training step.
         teacher_steps: Evaluate the teacher with this many steps (None: skip the teacher).
         teacher_guidance: The teacher's guidance (default: the model's ``guidance_scale``).
-        out_dir: Where to write the table (default: ``<trainer.log_dir>/evaluation``).
+        out_dir: Where to write the table (default: ``<trainer.log_dir>/evaluation[/<name>]``).
+        name: Label of this evaluation: its folder, metric keys and table title (needed when a run has several).
     """
 
     def __init__(
@@ -921,9 +924,12 @@ class EvaluateOnFit(L.Callback):
         teacher_steps: int | None = TEACHER_DEFAULT_STEPS,
         teacher_guidance: float | None = None,
         out_dir: str | None = None,
+        name: str | None = None,
     ) -> None:
         from .data import load_prompts
 
+        if name is not None and (not name or "/" in name or name.startswith(".")):
+            raise ValueError(f"EvaluateOnFit name must be a plain folder name, got {name!r}")
         if teacher_steps is not None and teacher_steps < 1:
             raise ValueError(f"teacher_steps must be >= 1 or null, got {teacher_steps}")
         self.records = load_prompts(prompts)[:limit]  # read now: a bad file fails before any model loads
@@ -935,7 +941,7 @@ class EvaluateOnFit(L.Callback):
         self.images_per_prompt, self.min_samples_per_tag = images_per_prompt, min_samples_per_tag
         self.seed, self.batch_size = seed, batch_size
         self.at_start, self.teacher_steps, self.teacher_guidance = at_start, teacher_steps, teacher_guidance
-        self.out_dir = out_dir
+        self.out_dir, self.name = out_dir, name
         self.rows: list[tuple[str, dict[str, Any]]] = []
         self.results: dict[str, Any] = {}
 
@@ -975,7 +981,8 @@ class EvaluateOnFit(L.Callback):
             acc = entry.get("accuracy")
             value = acc["overall"]["value"] if acc and acc["overall"] else entry["overall"]["mean"]
             if value is not None and trainer.logger is not None:
-                trainer.logger.log_metrics({f"eval/{label}/{reward}": float(value)}, step=trainer.global_step)
+                key = "/".join(part for part in ("eval", self.name, label, reward) if part)
+                trainer.logger.log_metrics({key: float(value)}, step=trainer.global_step)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         if self.at_start and trainer.is_global_zero:
@@ -992,16 +999,16 @@ class EvaluateOnFit(L.Callback):
                 self._run(trainer, pl_module, f"teacher, {self.teacher_steps} steps, guidance {guidance:g}", "teacher",
                           self.teacher_steps, guidance)
             at_least = f" (at least {self.min_samples_per_tag} a tag)" if self.min_samples_per_tag else ""
-            title = (f"Evaluation on {self.prompts_path}: {len(self.records)} prompts x {self.images_per_prompt}{at_least}, "
+            title = (f"Evaluation{f' ({self.name})' if self.name else ''} on {self.prompts_path}: {len(self.records)} prompts x {self.images_per_prompt}{at_least}, "
                      f"{sum(self.counts)} samples, seed {self.seed}; generator rows at {pl_module.hparams.num_steps} steps "
                      "without guidance")
             table = format_comparison(self.rows, title)
             print("\n" + table + "\n", flush=True)
-            out = Path(self.out_dir) if self.out_dir else Path(trainer.log_dir or trainer.default_root_dir) / "evaluation"
+            out = Path(self.out_dir) if self.out_dir else Path(trainer.log_dir or trainer.default_root_dir) / "evaluation" / (self.name or "")
             out.mkdir(parents=True, exist_ok=True)
             (out / "table.md").write_text(table + "\n", encoding="utf-8")
             (out / "results.json").write_text(
-                json.dumps({"prompts": self.prompts_path, "images_per_prompt": self.images_per_prompt,
+                json.dumps({"name": self.name, "prompts": self.prompts_path, "images_per_prompt": self.images_per_prompt,
                             "min_samples_per_tag": self.min_samples_per_tag, "seed": self.seed,
                             "rewards": self.reward_entries, "rows": self.results, "table": table}, indent=2, default=str) + "\n",
                 encoding="utf-8",

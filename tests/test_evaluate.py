@@ -360,6 +360,25 @@ def test_evaluate_on_fit_compares_start_end_and_teacher(tmp_path, tiny_sd3_path,
         end["summary"]["rewards"]["jpeg_compressibility"]["overall"]["mean"]
 
 
+def test_two_named_evaluations_keep_apart(tmp_path, tiny_sd3_path, prompts, fake_reward, capsys):
+    from tdmr1_lightning.evaluate import EvaluateOnFit
+
+    with pytest.raises(ValueError, match="plain folder name"):
+        EvaluateOnFit(str(prompts), name="a/b")
+    rewards = [{"class_path": fake_reward}]
+    callbacks = [EvaluateOnFit(str(prompts), rewards=rewards, teacher_steps=None, limit=limit, name=name)
+                 for name, limit in (("held_out", 1), ("seen", 2))]
+    fit = tiny_cli(tmp_path / "fit", tiny_sd3_path, "--trainer.max_steps=1")
+    fit.trainer.callbacks.extend(callbacks)
+    fit.trainer.fit(fit.model, fit.datamodule)
+    printed = capsys.readouterr().out
+    for name, n in (("held_out", 1), ("seen", 2)):
+        out = Path(fit.trainer.log_dir) / "evaluation" / name
+        results = json.loads((out / "results.json").read_text())
+        assert results["name"] == name and f"Evaluation ({name}) on {prompts}: {n} prompts" in printed
+        assert results["rows"]["generator at start (step 0)"]["summary"]["num_samples"]["overall"] == n
+
+
 def test_evaluate_on_fit_refuses_bad_prompts_before_training(tmp_path, tiny_sd3_path, fake_reward):
     from tdmr1_lightning.data import PromptFileError
     from tdmr1_lightning.evaluate import EvaluateOnFit

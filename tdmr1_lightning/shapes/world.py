@@ -963,6 +963,26 @@ def make_prompt_sets(
     return train, test, held
 
 
+def seen_prompts(train: Sequence[Mapping[str, Any]], per_tag: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Up to ``per_tag`` distinct training prompts of each tag (a seeded draw, tags in world order).
+
+    The "seen" evaluation set: prompts that RL trains on, next to the held-out test prompts, to tell what
+    training learnt from what it generalised to combinations it never saw.
+    """
+    if per_tag < 0:
+        raise ValueError(f"per_tag must be >= 0, got {per_tag}")
+    rng = random.Random(seed)
+    distinct: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in train:
+        distinct.setdefault(r["tag"], {}).setdefault(r["prompt"], dict(r))
+    seen: list[dict[str, Any]] = []
+    for tag in [t for t in TAGS if t in distinct]:
+        prompts = sorted(distinct[tag])
+        rng.shuffle(prompts)
+        seen += [distinct[tag][q] for q in prompts[:per_tag]]
+    return seen
+
+
 def write_jsonl(records: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
     """Records as JSON Lines, ``{"tag", "include", "exclude"?, "prompt"}`` each (creating the folder)."""
     path = Path(path)
@@ -1077,6 +1097,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train", type=int, default=5000, help="training records (default: 5000)")
     parser.add_argument("--test", type=int, default=256, help="test records, distinct held-out prompts (default: 256)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the draws (default: 0)")
+    parser.add_argument("--seen-per-tag", type=int, default=0, metavar="N",
+                        help="also write seen.jsonl: up to N distinct training prompts a tag (default: 0 = none)")
     parser.add_argument(
         "--held-out-fraction", type=float, default=0.25, help="fraction of each kind of combination held out (0.25)"
     )
@@ -1098,9 +1120,12 @@ def main(argv: list[str] | None = None) -> int:
         train, test, held = make_prompt_sets(
             world, args.train, args.test, args.seed, args.held_out_fraction, args.out_dir
         )
+        seen = seen_prompts(train, args.seen_per_tag, args.seed)
     except ValueError as err:
         parser.error(str(err))
     out = Path(args.out_dir)
+    if seen:
+        write_jsonl(seen, out / "seen.jsonl")
     if args.preview > 0 and train:
         _preview(train[: args.preview], world, args.seed, out / "preview.png", avoid=held.color_shape)
     shares = lambda rs: ", ".join(f"{t} {n}" for t, n in Counter(r["tag"] for r in rs).items())  # noqa: E731
@@ -1108,6 +1133,8 @@ def main(argv: list[str] | None = None) -> int:
         f"wrote {len(train)} training prompts ({shares(train)}) and {len(test)} test prompts ({shares(test)}) to {out}",
         file=sys.stderr,
     )
+    if seen:
+        print(f"wrote {len(seen)} seen prompts (distinct training prompts: {shares(seen)})", file=sys.stderr)
     print(f"held out: {json.dumps(held.to_dict())}", file=sys.stderr)
     return 0
 

@@ -32,7 +32,7 @@ from tdmr1_lightning.shapes import (
     scene_for,
     split_prompts,
 )
-from tdmr1_lightning.shapes.world import main
+from tdmr1_lightning.shapes.world import main, seen_prompts
 from tdmr1_rewards.geneval import TAGS, GenEvalReward, metadata_problem, relative_position
 from tdmr1_rewards.geneval_prompts import load_geneval_metadata
 
@@ -335,6 +335,21 @@ def test_split_prompts_and_limits():
     assert held_out_combinations(WORLD, 0.0).combinations() == set()
     with pytest.raises(ValueError, match="distinct held-out prompts"):
         make_prompt_sets(WORLD, 10, 400, seed=0)
+
+
+def test_seen_prompts_are_distinct_training_prompts():
+    train, test, _ = make_prompt_sets(WORLD, 600, 200, seed=0)
+    seen = seen_prompts(train, per_tag=5, seed=0)
+    prompts = [r["prompt"] for r in seen]
+    assert len(prompts) == len(set(prompts)) and set(prompts) <= {r["prompt"] for r in train}
+    assert not set(prompts) & {r["prompt"] for r in test}
+    per_tag = Counter(r["tag"] for r in seen)
+    distinct = Counter(r["tag"] for r in {r["prompt"]: r for r in train}.values())
+    assert per_tag == {t: min(5, n) for t, n in distinct.items()}  # all of a small tag, 5 of a large one
+    assert seen_prompts(train, 5, seed=0) == seen and seen_prompts(train, 5, seed=1) != seen
+    assert seen_prompts(train, 0) == []
+    with pytest.raises(ValueError, match="per_tag"):
+        seen_prompts(train, -1)
 
 
 def test_make_prompt_sets_writes_readable_files(tmp_path):
