@@ -3,8 +3,8 @@
 The run is :func:`tdmr1_lightning.shapes.learning.reward_before_and_after` (the quick start's config
 on a fixed prompt set); ``python benchmarks/shapes_learning.py`` repeats it over seeds. The margin
 comes from those repeated runs (docs/shapes.md, "Does TDM-R1 learn here?"): with these settings, seeds 0, 1, 2
-gained +0.076, +0.050, +0.001; without the reward term (``--model.reward_weight=0``, the TDM part alone)
--0.009, +0.016, -0.022. The test runs seed 0 and asks for more than the largest gain without the reward.
+gained +0.076, +0.029, +0.024; without the reward term (``--model.reward_weight=0``, the TDM part alone)
+-0.009, +0.020, -0.008. The test runs seed 0 and asks for more than the largest gain without the reward.
 """
 
 import pytest
