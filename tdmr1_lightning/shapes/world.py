@@ -964,7 +964,7 @@ def make_prompt_sets(
 
 
 def seen_prompts(train: Sequence[Mapping[str, Any]], per_tag: int, seed: int = 0) -> list[dict[str, Any]]:
-    """Up to ``per_tag`` distinct training prompts of each tag (a seeded draw, tags in world order).
+    """Up to ``per_tag`` distinct training prompts of each tag (a seeded draw, tags in GenEval's order).
 
     The "seen" evaluation set: prompts that RL trains on, next to the held-out test prompts, to tell what
     training learnt from what it generalised to combinations it never saw.
