@@ -35,6 +35,8 @@ class ShapesDataModule(L.LightningDataModule):
         seed: Seed of the scenes.
         held_out_fraction: Fraction of combinations held out (0: none).
         held_out_seed: Seed of the held-out split.
+        held_out_split: What is held out besides counts, shape pairs and relations: ``bindings``
+            ((colour, shape) pairs) or ``compositions`` (pairs of coloured objects in one prompt).
         num_workers: DataLoader workers.
     """
 
@@ -46,13 +48,18 @@ class ShapesDataModule(L.LightningDataModule):
         seed: int = 0,
         held_out_fraction: float = 0.25,
         held_out_seed: int = 0,
+        held_out_split: Literal["bindings", "compositions"] = "bindings",
         num_workers: int = 0,
     ) -> None:
         super().__init__()
         if batch_size < 1 or steps_per_epoch < 1:
             raise ValueError(f"batch_size and steps_per_epoch must be >= 1, got {batch_size}, {steps_per_epoch}")
         self.world = World(**(world or {}))
-        held_out = held_out_combinations(self.world, held_out_fraction, held_out_seed) if held_out_fraction > 0 else None
+        held_out = (
+            held_out_combinations(self.world, held_out_fraction, held_out_seed, held_out_split)
+            if held_out_fraction > 0
+            else None
+        )
         self.dataset = ShapesDataset(self.world, batch_size * steps_per_epoch, seed, held_out=held_out)
         self.batch_size, self.num_workers = batch_size, num_workers
 

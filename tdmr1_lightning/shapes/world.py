@@ -38,16 +38,19 @@ tag asks for them and, by default, also in counting and position prompts (``Worl
 clause of ``n + 1``, which makes them exact.
 
 Held-out split (:func:`held_out_combinations`, :func:`split_prompts`, :func:`make_prompt_sets`): whole
-combinations are held out -- (colour, shape) pairs in any prompt, (count, shape) pairs of counting
-prompts, shape pairs of two_object prompts and (shape, relation, shape) triples of position prompts
-("A left of B" and "B right of A" are the same triple) -- so no training prompt contains any of them.
+combinations are held out -- (count, shape) pairs of counting prompts, shape pairs of two_object
+prompts and (shape, relation, shape) triples of position prompts ("A left of B" and "B right of A" are
+the same triple), and either (colour, shape) pairs in any prompt (split ``bindings``) or pairs of
+coloured objects named in one prompt (split ``compositions``: every (colour, shape) pair stays in
+training) -- so no training prompt contains any of them.
 
 :class:`ShapesDataset` yields freshly drawn ``(image, prompt, metadata)`` triples (deterministic per
 seed and index) for pretraining a teacher, from the training prompts only when given the split.
 
 CLI::
 
-    python -m tdmr1_lightning.shapes.world --out-dir data/shapes --train 5000 --test 256 --seed 0
+    python -m tdmr1_lightning.shapes.world --out-dir data/shapes --train 5000 --test 230 --seed 0 \
+        --split compositions --held-out-fraction 0.3
 
 writes ``train.jsonl``, ``test.jsonl`` (GenEval records, readable by the data module and by
 :func:`tdmr1_rewards.geneval_prompts.load_geneval_metadata`), ``world.json`` (the world and its
@@ -84,6 +87,7 @@ __all__ = [
     "MIN_OBJECT_PX",
     "PALETTE",
     "SHAPES",
+    "SPLITS",
     "Scene",
     "ShapeObject",
     "ShapesDataset",
@@ -771,6 +775,9 @@ class HeldOut:
     relation: frozenset = frozenset()
     """(A, relation, B) of position prompts, canonical: relation "left of" or "above" ("B right of A" is
     held out with "A left of B", as ``(A, "left of", B)``)."""
+    color_pair: frozenset = frozenset()
+    """Two coloured objects named in one prompt, ``(colour, shape, colour, shape)`` with the two
+    ``(colour, shape)`` pairs sorted (color_attr and position prompts)."""
 
     def combinations(self) -> set[tuple]:
         """Every held-out combination, tagged as :func:`prompt_combinations` tags them."""
@@ -779,6 +786,7 @@ class HeldOut:
             | {("count", *k) for k in self.count_shape}
             | {("pair", *k) for k in self.shape_pair}
             | {("relation", *k) for k in self.relation}
+            | {("colors", *k) for k in self.color_pair}
         )
 
     def to_dict(self) -> dict[str, list]:
@@ -787,6 +795,7 @@ class HeldOut:
             "count_shape": sorted(list(k) for k in self.count_shape),
             "shape_pair": sorted(list(k) for k in self.shape_pair),
             "relation": sorted(list(k) for k in self.relation),
+            "color_pair": sorted(list(k) for k in self.color_pair),
         }
 
 
@@ -802,9 +811,13 @@ def _canonical_relation(a: str, relation: str, b: str) -> tuple[str, str, str]:
 def prompt_combinations(record: Mapping[str, Any]) -> set[tuple]:
     """The combinations a record contains: ``("color", colour, shape)`` for each coloured clause,
     ``("count", n, shape)`` of a counting prompt, ``("pair", shape, shape)`` (sorted) of a two_object
-    prompt, ``("relation", A, rel, B)`` (canonical, rel "left of" or "above") of a position prompt."""
+    prompt, ``("relation", A, rel, B)`` (canonical, rel "left of" or "above") of a position prompt,
+    ``("colors", colour, shape, colour, shape)`` (the two pairs sorted) of a prompt with two coloured
+    clauses."""
     include = record["include"]
-    combos: set[tuple] = {("color", req["color"], req["class"]) for req in include if "color" in req}
+    bindings = [(req["color"], req["class"]) for req in include if "color" in req]
+    combos: set[tuple] = {("color", *b) for b in bindings}
+    combos |= {("colors", *a, *b) for i, a in enumerate(sorted(bindings)) for b in sorted(bindings)[i + 1 :]}
     tag = record.get("tag")
     if tag == "counting":
         combos.add(("count", int(include[0]["count"]), include[0]["class"]))
@@ -846,19 +859,33 @@ def _covers(values: Iterable, *positions: int) -> Callable[[list[tuple]], bool]:
     return lambda rest: wanted <= {c[i] for c in rest for i in positions}
 
 
-def held_out_combinations(world: World = World(), fraction: float = 0.25, seed: int = 0) -> HeldOut:
+SPLITS: tuple[str, ...] = ("bindings", "compositions")
+"""Kinds of held-out split (:func:`held_out_combinations`)."""
+
+
+def held_out_combinations(
+    world: World = World(), fraction: float = 0.25, seed: int = 0, split: str = "bindings"
+) -> HeldOut:
     """About ``fraction`` of each kind of combination, chosen by ``seed``, held out for testing.
 
-    Every colour, shape and count keeps a training partner (a held-out (colour, shape) pair leaves the
-    colour with other shapes and the shape with other colours in training), so held-out prompts test
-    composition of known words.
+    Both splits hold out (count, shape) pairs of counting prompts, shape pairs of two_object prompts and
+    (shape, relation, shape) triples of position prompts. ``split="bindings"`` also holds out
+    (colour, shape) pairs: a held-out prompt may ask for a binding no training image showed (a test of
+    attribute binding the teacher itself cannot pass). ``split="compositions"`` keeps every (colour,
+    shape) pair in training and holds out pairs of coloured objects named together instead: held-out
+    prompts compose known objects in new ways.
+
+    Every colour, shape, count and (for compositions) (colour, shape) pair keeps a training partner,
+    so held-out prompts test composition of known words.
     """
     if not 0 <= fraction < 1:
         raise ValueError(f"held-out fraction must be in [0, 1), got {fraction}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown held-out split {split!r}; choose one of {', '.join(SPLITS)}")
     rng = random.Random(f"shapes-held-out:{seed}")
     shapes = world.shapes
     color_shape = frozenset()
-    if len(world.colors) > 1 and len(shapes) > 1:
+    if split == "bindings" and len(world.colors) > 1 and len(shapes) > 1:
         color_shape = _pick(
             rng, [(c, s) for c in world.colors for s in shapes], fraction,
             lambda rest: _covers(world.colors, 0)(rest) and _covers(shapes, 1)(rest),
@@ -880,7 +907,16 @@ def held_out_combinations(world: World = World(), fraction: float = 0.25, seed: 
         )
         relations = {t[1] for t in canon}
         relation = _pick(rng, canon, fraction, lambda rest: _covers(shapes, 0, 2)(rest) and _covers(relations, 1)(rest))
-    return HeldOut(color_shape, count_shape, shape_pair, relation)
+    color_pair = frozenset()
+    if split == "compositions":
+        candidates = sorted(
+            {c[1:] for r in enumerate_prompts(world) for c in prompt_combinations(r) if c[0] == "colors"}
+        )
+        bindings = {c[:2] for c in candidates} | {c[2:] for c in candidates}
+        color_pair = _pick(
+            rng, candidates, fraction, lambda rest: bindings <= {c[:2] for c in rest} | {c[2:] for c in rest}
+        )
+    return HeldOut(color_shape, count_shape, shape_pair, relation, color_pair)
 
 
 def split_prompts(
@@ -913,18 +949,20 @@ def make_prompt_sets(
     seed: int = 0,
     held_out_fraction: float = 0.25,
     out_dir: str | Path | None = None,
+    split: str = "bindings",
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], HeldOut]:
     """Training and test prompt records of the world, split by held-out combinations.
 
     Training records: the world's tags in turn (record ``i`` has the ``i % T``-th tag that has training
     prompts), each a uniform draw among that tag's training prompts (repeats allowed). Test records:
     distinct held-out prompts, tags in turn (a tag's share ends when its held-out prompts run out).
+    ``split`` is the kind of held-out split (:func:`held_out_combinations`).
     Raises ``ValueError`` if fewer than ``n_test`` distinct held-out prompts exist. With ``out_dir``,
     writes ``train.jsonl``, ``test.jsonl`` and ``world.json`` there. Returns ``(train, test, held_out)``.
     """
     if n_train < 0 or n_test < 0:
         raise ValueError(f"n_train and n_test must be >= 0, got {n_train}, {n_test}")
-    held = held_out_combinations(world, held_out_fraction, seed)
+    held = held_out_combinations(world, held_out_fraction, seed, split)
     train_pool, test_pool = split_prompts(enumerate_prompts(world), held)
     if len(test_pool) < n_test:
         counts = Counter(r["tag"] for r in test_pool)
@@ -956,7 +994,7 @@ def make_prompt_sets(
         write_jsonl(train, out / "train.jsonl")
         write_jsonl(test, out / "test.jsonl")
         (out / "world.json").write_text(
-            json.dumps({"world": world.to_dict(), "held_out": held.to_dict(), "seed": seed,
+            json.dumps({"world": world.to_dict(), "held_out": held.to_dict(), "split": split, "seed": seed,
                         "held_out_fraction": held_out_fraction}, indent=2) + "\n",
             encoding="utf-8",
         )
@@ -1102,6 +1140,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--held-out-fraction", type=float, default=0.25, help="fraction of each kind of combination held out (0.25)"
     )
+    parser.add_argument(
+        "--split", default="bindings", choices=SPLITS,
+        help="what is held out besides counts, shape pairs and relations: (colour, shape) bindings, or pairs "
+        "of coloured objects named together (compositions; every binding stays in training) (default: bindings)",
+    )
     defaults = World()
     parser.add_argument("--shapes", nargs="+", default=list(defaults.shapes), choices=SHAPES)
     parser.add_argument("--colors", nargs="+", default=list(defaults.colors), choices=list(PALETTE))
@@ -1118,7 +1161,7 @@ def main(argv: list[str] | None = None) -> int:
             resolution=args.resolution, grid=args.grid, tags=args.tags,
         )
         train, test, held = make_prompt_sets(
-            world, args.train, args.test, args.seed, args.held_out_fraction, args.out_dir
+            world, args.train, args.test, args.seed, args.held_out_fraction, args.out_dir, args.split
         )
         seen = seen_prompts(train, args.seen_per_tag, args.seed)
     except ValueError as err:

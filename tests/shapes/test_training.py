@@ -23,6 +23,10 @@ def test_data_module_batches_avoid_held_out_combinations():
     held = dm.dataset.held_out
     records = [{"prompt": p, **m} for b in batches for p, m in zip(b["prompts"], b["metadata"])]
     assert not any(is_held_out(r, held) for r in records)
+    comp = ShapesDataModule(batch_size=8, steps_per_epoch=4, held_out_fraction=0.3, held_out_split="compositions")
+    held = comp.dataset.held_out
+    assert held.color_pair and not held.color_shape
+    assert not any(is_held_out(comp.dataset.record(i), held) for i in range(32))
 
 
 def test_registered_reward_scores_rendered_scenes():

@@ -327,6 +327,31 @@ def test_held_out_split(seed, tmp_path):
     assert again[0] == train and again[1] == test and again[2] == held
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_compositions_split_keeps_every_binding_in_training(seed):
+    train, test, held = make_prompt_sets(WORLD, n_train=1200, n_test=220, seed=seed, held_out_fraction=0.3,
+                                         split="compositions")
+    assert not held.color_shape and held.color_pair and held.count_shape and held.shape_pair and held.relation
+    combos = held.combinations()
+    assert all(not prompt_combinations(r) & combos for r in train)
+    assert all(prompt_combinations(r) & combos for r in test) and len({r["prompt"] for r in test}) == 220
+    seen = set().union(*(prompt_combinations(r) for r in train))
+    bindings = {("color", c, s) for c in WORLD.colors for s in WORLD.shapes}
+    assert bindings <= seen  # every (colour, shape) pair is drawn in training ...
+    held_pairs = {k for k in combos if k[0] == "colors"}
+    assert held_pairs and not held_pairs & seen  # ... but some pairs of them never together
+    for r in test:  # a held-out prompt's own bindings are all known
+        assert {k for k in prompt_combinations(r) if k[0] == "color"} <= seen
+    # the two coloured objects are one combination whatever their order in the prompt
+    c1, s1, c2, s2 = sorted(held.color_pair)[0]
+    for a, b in (((c1, s1), (c2, s2)), ((c2, s2), (c1, s1))):
+        r = {"tag": "color_attr", "include": [{"class": a[1], "count": 1, "color": a[0]},
+                                              {"class": b[1], "count": 1, "color": b[0]}]}
+        assert is_held_out(r, held)
+    with pytest.raises(ValueError, match="unknown held-out split"):
+        held_out_combinations(WORLD, 0.25, split="colours")
+
+
 def test_split_prompts_and_limits():
     held = held_out_combinations(WORLD, 0.25, seed=0)
     train, test = split_prompts(enumerate_prompts(WORLD), held)
@@ -357,7 +382,7 @@ def test_make_prompt_sets_writes_readable_files(tmp_path):
     assert load_geneval_metadata(tmp_path / "train.jsonl") == train
     assert load_prompts(tmp_path / "test.jsonl") == test
     info = json.loads((tmp_path / "world.json").read_text())
-    assert World(**info["world"]) == WORLD and info["held_out"] == held.to_dict()
+    assert World(**info["world"]) == WORLD and info["held_out"] == held.to_dict() and info["split"] == "bindings"
 
 
 def test_cli(tmp_path, capsys):
