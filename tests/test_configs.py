@@ -111,3 +111,20 @@ def test_shapes_configs_use_the_shipped_models_and_the_world_vocabulary():
         assert (ROOT / backbone["pretrained_model"] / "model_index.json").is_file()
         if "generator_checkpoint" in backbone:
             assert (ROOT / backbone["generator_checkpoint"]).is_file()
+
+
+def test_shapes_teacher_trains_on_the_shipped_prompt_split():
+    """The teacher's data avoids exactly the combinations of the shipped test prompts (world.json)."""
+    import json
+
+    import yaml
+
+    from tdmr1_lightning.shapes.world import World, held_out_combinations, is_held_out
+
+    shipped = json.loads((ROOT / "configs/prompts/shapes/world.json").read_text())
+    data = yaml.safe_load((ROOT / "configs/shapes/teacher.yaml").read_text())["data"]["init_args"]
+    world = World(**shipped["world"])
+    held = held_out_combinations(world, data["held_out_fraction"], data["held_out_seed"], data["held_out_split"])
+    assert held.to_dict() == shipped["held_out"] and data["held_out_split"] == shipped["split"]
+    records = [json.loads(line) for line in (ROOT / "configs/prompts/shapes/test.jsonl").read_text().splitlines()]
+    assert len(records) >= 200 and all(is_held_out(r, held) for r in records)
