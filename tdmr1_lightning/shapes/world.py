@@ -62,6 +62,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import itertools
 import json
 import random
 import sys
@@ -817,7 +818,7 @@ def prompt_combinations(record: Mapping[str, Any]) -> set[tuple]:
     include = record["include"]
     bindings = [(req["color"], req["class"]) for req in include if "color" in req]
     combos: set[tuple] = {("color", *b) for b in bindings}
-    combos |= {("colors", *a, *b) for i, a in enumerate(sorted(bindings)) for b in sorted(bindings)[i + 1 :]}
+    combos |= {("colors", *a, *b) for a, b in itertools.combinations(sorted(bindings), 2)}
     tag = record.get("tag")
     if tag == "counting":
         combos.add(("count", int(include[0]["count"]), include[0]["class"]))
