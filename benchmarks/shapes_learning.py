@@ -36,13 +36,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts-per-step", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--images-per-prompt", type=int, default=4)
+    parser.add_argument("--config", type=Path, default=None,
+                        help="a TDM-R1 config with a shapes_geneval reward (default: configs/shapes/tdmr1.yaml)")
     args = parser.parse_args(argv)
     gains = []
     for seed in args.seeds:
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             start, end = reward_before_and_after(
-                Path(tmp), seed, args.num_prompts, args.prompts_per_step, args.epochs, args.images_per_prompt, extra
+                Path(tmp), seed, args.num_prompts, args.prompts_per_step, args.epochs, args.images_per_prompt, extra,
+                **({"config": args.config} if args.config else {}),
             )
         gains.append(end - start)
         print(f"seed {seed}: mean soft score {start:.4f} -> {end:.4f}, gain {end - start:+.4f} "

@@ -10,22 +10,41 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "shapes" / "tdmr1.yaml"
 TRAIN_PROMPTS = ROOT / "configs" / "prompts" / "shapes" / "train.jsonl"
 
 
-def fixed_prompts(path: Path, n: int) -> Path:
-    """Write the first ``n`` distinct prompts of the shipped training file (it cycles through the tags) to ``path``."""
+def fixed_prompts(path: Path, n: int, train_prompts: Path = TRAIN_PROMPTS) -> Path:
+    """Write the first ``n`` distinct prompts of a training file (the shipped one cycles through the tags) to ``path``."""
     seen: dict[str, dict] = {}
-    for line in TRAIN_PROMPTS.read_text(encoding="utf-8").splitlines():
+    for line in Path(train_prompts).read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
         seen.setdefault(record["prompt"], record)
         if len(seen) == n:
             break
     path.write_text("".join(json.dumps(r) + "\n" for r in seen.values()), encoding="utf-8")
     return path
+
+
+def _prompts_and_world(config: Path) -> tuple[Path, dict[str, Any]]:
+    """A TDM-R1 config's training prompt file and the ``world`` its ``shapes_geneval`` reward scores
+    (a relative path is read from the working directory, as ``tdmr1 fit`` reads it, else from the project root)."""
+    data = yaml.safe_load(Path(config).read_text(encoding="utf-8"))
+    train = data.get("data", {}).get("train_prompts")
+    if not train:
+        raise ValueError(f"{config}: data.train_prompts is not set")
+    for spec in data.get("model", {}).get("rewards") or []:
+        if spec.get("name") == "shapes_geneval":
+            train = Path(train)
+            if not train.is_absolute() and not train.exists():
+                train = ROOT / train
+            return train, dict((spec.get("init_args") or {}).get("world") or {})
+    raise ValueError(f"{config}: model.rewards has no shapes_geneval reward")
 
 
 def reward_before_and_after(
@@ -36,23 +55,27 @@ def reward_before_and_after(
     epochs: int = 2,
     images_per_prompt: int = 4,
     overrides: list[str] | tuple[str, ...] = (),
+    config: Path = CONFIG,
 ) -> tuple[float, float]:
     """``(mean soft score before, after)`` of one seeded run in ``workdir`` (no logger, no checkpoints).
 
     ``seed`` is the run's ``seed_everything``: its rollout noise, drawn levels and prompt order.
     ``overrides`` go to the config parser after the run's own settings, e.g. ``["--model.beta=5"]``.
+    ``config`` is a TDM-R1 config with a ``shapes_geneval`` training reward (the quick start's by
+    default); the prompts are the first ``num_prompts`` of its training file, scored in its world.
     """
     from ..cli import build_cli
     from ..evaluate import EvaluateOnFit
 
     workdir = Path(workdir)
-    prompts = fixed_prompts(workdir / "prompts.jsonl", num_prompts)
+    train_prompts, world = _prompts_and_world(config)
+    prompts = fixed_prompts(workdir / "prompts.jsonl", num_prompts, train_prompts)
     evaluation = EvaluateOnFit(
-        str(prompts), rewards=[{"name": "shapes_geneval", "init_args": {"mode": "soft"}}],
+        str(prompts), rewards=[{"name": "shapes_geneval", "init_args": {"mode": "soft", "world": world}}],
         images_per_prompt=images_per_prompt, teacher_steps=None, out_dir=str(workdir / "eval"),
     )
     cli = build_cli([
-        "--config", str(CONFIG), f"--seed_everything={seed}",
+        "--config", str(config), f"--seed_everything={seed}",
         f"--data.train_prompts={prompts}", f"--data.prompts_per_step={prompts_per_step}",
         f"--trainer.max_epochs={epochs}", "--trainer.max_steps=-1", "--trainer.callbacks=null",
         "--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",

@@ -22,3 +22,24 @@ def test_two_epochs_from_the_shipped_student_raise_the_mean_reward(tmp_path):
         images_per_prompt=IMAGES_PER_PROMPT,
     )
     assert after - before > MARGIN, f"mean soft GenEval score {before:.4f} -> {after:.4f}"
+
+
+def test_the_measurement_reads_its_prompts_and_world_from_the_config(tmp_path):
+    from tdmr1_lightning.shapes.learning import CONFIG, TRAIN_PROMPTS, _prompts_and_world, fixed_prompts
+
+    train, world = _prompts_and_world(CONFIG)
+    assert train.resolve() == TRAIN_PROMPTS.resolve() and world == {}
+    config = tmp_path / "grid2.yaml"
+    config.write_text(
+        f"data: {{train_prompts: {TRAIN_PROMPTS}}}\n"
+        "model: {rewards: [{name: shapes_geneval, init_args: {mode: soft, world: {grid: 2}}}]}\n"
+    )
+    assert _prompts_and_world(config) == (TRAIN_PROMPTS, {"grid": 2})
+    lines = fixed_prompts(tmp_path / "p.jsonl", 5, train).read_text().splitlines()
+    assert len(lines) == len(set(lines)) == 5
+    config.write_text(f"data: {{train_prompts: {TRAIN_PROMPTS}}}\nmodel: {{rewards: [{{name: ocr}}]}}\n")
+    with pytest.raises(ValueError, match="no shapes_geneval reward"):
+        _prompts_and_world(config)
+    config.write_text("model: {rewards: [{name: shapes_geneval}]}\n")
+    with pytest.raises(ValueError, match="train_prompts is not set"):
+        _prompts_and_world(config)
