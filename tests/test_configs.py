@@ -114,7 +114,8 @@ def test_shapes_configs_use_the_shipped_models_and_the_world_vocabulary():
 
 
 def test_shapes_teacher_trains_on_the_shipped_prompt_split():
-    """The teacher's data avoids exactly the combinations of the shipped test prompts (world.json)."""
+    """The teacher's data avoids exactly the combinations of the shipped test prompts (world.json), in
+    the same world (grid, sizes) that the TDM-R1 config's rewards score."""
     import json
 
     import yaml
@@ -126,5 +127,9 @@ def test_shapes_teacher_trains_on_the_shipped_prompt_split():
     world = World(**shipped["world"])
     held = held_out_combinations(world, data["held_out_fraction"], data["held_out_seed"], data["held_out_split"])
     assert held.to_dict() == shipped["held_out"] and data["held_out_split"] == shipped["split"]
+    assert World(**data["world"]) == world
+    tdmr1 = yaml.safe_load((ROOT / "configs/shapes/tdmr1.yaml").read_text())["model"]
+    for spec in tdmr1["rewards"] + tdmr1["eval_rewards"]:
+        assert World(**((spec.get("init_args") or {}).get("world") or {})) == world, spec
     records = [json.loads(line) for line in (ROOT / "configs/prompts/shapes/test.jsonl").read_text().splitlines()]
     assert len(records) >= 200 and all(is_held_out(r, held) for r in records)

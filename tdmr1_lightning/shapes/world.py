@@ -13,9 +13,10 @@ Vocabulary (:class:`World`, every field can be narrowed by a config)::
 
 Scenes (whole pixels of the world's resolution): objects sit in the cells of a ``grid x grid`` layout,
 one object a cell, each inside its cell with a margin and a little jitter of position and size, so
-objects never touch. By default (32 px, 3 x 3) the cells span pixels 0-11, 11-21 and 21-32 in each
-direction, objects are 7 or 8 px, at least 1 px from their cell's border (neighbours >= 2 px apart)
-and their top-left corner jitters by up to 2 px. Each shape is a fixed pixel template of its size
+objects never touch. By default (32 px, 2 x 2) the cells span pixels 0-16 and 16-32 in each
+direction, objects are 10 to 12 px, at least 2 px from their cell's border (neighbours >= 4 px apart)
+and their top-left corner jitters by up to 2 px. (A 3 x 3 grid, 7-8 px objects, is the denser
+variant: a tiny teacher draws those shapes much less reliably; docs/shapes.md.) Each shape is a fixed pixel template of its size
 (:func:`shape_template`: inscribed disc, full square, upward triangle) without anti-aliasing, so
 every object pixel has its palette colour exactly. "A left of B" puts A and B in the same row, A's
 column before B's ("above": same column, A's row first), which makes GenEval's
@@ -169,7 +170,7 @@ class World:
         background: Background RGB.
         size_range: Object size (side, diameter) as a fraction of the cell: a whole number of pixels
             drawn uniformly from ``round(lo * cell) .. int(hi * cell)``, the top capped so that an object
-            fits the narrowest cell within the margin (:meth:`size_px`; 7-8 px by default).
+            fits the narrowest cell within the margin (:meth:`size_px`; 10-12 px by default).
         margin: Smallest gap between an object and its cell's border, as a fraction of the cell, at
             least 1 px (:meth:`margin_px`); neighbouring objects are at least twice this apart.
     """
@@ -178,7 +179,7 @@ class World:
     colors: tuple[str, ...] = ("red", "green", "blue", "yellow")
     max_objects: int = 3
     resolution: int = 32
-    grid: int = 3
+    grid: int = 2
     counts: tuple[int, ...] = (2, 3)
     relations: tuple[str, ...] = RELATIONS
     tags: tuple[str, ...] = TAGS

@@ -64,15 +64,15 @@ def test_exact_on_2000_random_scenes():
 @pytest.mark.parametrize(
     "world",
     [
-        World(grid=2),
+        World(grid=3),
         World(resolution=24, grid=2),
-        World(resolution=48),
+        World(resolution=48, grid=3),
         World(resolution=64, grid=4, max_objects=4, counts=(2, 3, 4)),
         World(shapes=("circle", "square"), colors=("red", "blue")),
         World(colors=("red", "orange", "yellow", "green", "blue", "purple", "black")),
         World(colors=("red", "white", "blue"), background=(128, 128, 128)),
     ],
-    ids=["grid2", "24px-grid2", "48px", "64px-grid4", "narrow", "7-colours", "grey-bg"],
+    ids=["grid3", "24px-grid2", "48px-grid3", "64px-grid4", "narrow", "7-colours", "grey-bg"],
 )
 def test_exact_on_other_worlds(world):
     detector = ShapesDetector(world)

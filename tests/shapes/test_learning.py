@@ -3,8 +3,9 @@
 The run is :func:`tdmr1_lightning.shapes.learning.reward_before_and_after` (the quick start's config
 on a fixed prompt set); ``python benchmarks/shapes_learning.py`` repeats it over seeds. The margin
 comes from those repeated runs (docs/shapes.md, "Does TDM-R1 learn here?"): with these settings, seeds 0, 1, 2
-gained +0.076, +0.029, +0.024; without the reward term (``--model.reward_weight=0``, the TDM part alone)
--0.009, +0.020, -0.008. The test runs seed 0 and asks for more than the largest gain without the reward.
+gained +0.030, +0.054, +0.060; without the reward term (``--model.reward_weight=0``, the TDM part alone)
++0.020, -0.003, -0.027. The test runs seed 1 (seed 0 gains nearly as much without the reward, so it would
+not tell the reward's gain from the TDM term's) and asks for more than the largest gain without the reward.
 """
 
 import pytest
@@ -12,13 +13,13 @@ import pytest
 from tdmr1_lightning.shapes.learning import reward_before_and_after
 
 NUM_PROMPTS, PROMPTS_PER_STEP, EPOCHS, IMAGES_PER_PROMPT = 80, 8, 2, 2  # 20 updates of 64 samples
-MARGIN = 0.02
+SEED, MARGIN = 1, 0.02
 
 
 @pytest.mark.slow
 def test_two_epochs_from_the_shipped_student_raise_the_mean_reward(tmp_path):
     before, after = reward_before_and_after(
-        tmp_path, seed=0, num_prompts=NUM_PROMPTS, prompts_per_step=PROMPTS_PER_STEP, epochs=EPOCHS,
+        tmp_path, seed=SEED, num_prompts=NUM_PROMPTS, prompts_per_step=PROMPTS_PER_STEP, epochs=EPOCHS,
         images_per_prompt=IMAGES_PER_PROMPT,
     )
     assert after - before > MARGIN, f"mean soft GenEval score {before:.4f} -> {after:.4f}"

@@ -55,8 +55,10 @@ def _score(world, scenes, records, mode="strict"):
 def test_world_defaults_and_narrowing():
     assert WORLD.shapes == ("circle", "square", "triangle")
     assert WORLD.colors == ("red", "green", "blue", "yellow")
-    assert (WORLD.resolution, WORLD.grid, WORLD.max_objects) == (32, 3, 3)
-    assert WORLD.cell_bounds() == [0, 11, 21, 32] and WORLD.size_px() == (7, 8) and WORLD.margin_px() == 1
+    assert (WORLD.resolution, WORLD.grid, WORLD.max_objects) == (32, 2, 3)
+    assert WORLD.cell_bounds() == [0, 16, 32] and WORLD.size_px() == (10, 12) and WORLD.margin_px() == 2
+    dense = World(grid=3)  # the denser variant
+    assert dense.cell_bounds() == [0, 11, 21, 32] and dense.size_px() == (7, 8) and dense.margin_px() == 1
     narrow = World(shapes=["circle", "square"], colors=["red", "blue"], max_objects=3, resolution=32)
     assert narrow.shapes == ("circle", "square") and narrow.colors == ("red", "blue")
     assert hash(narrow) == hash(World(shapes=("circle", "square"), colors=("red", "blue")))
@@ -72,7 +74,7 @@ def test_world_defaults_and_narrowing():
         ({"shapes": ("circle", "hexagon")}, "unknown shapes"),
         ({"colors": ("red", "white")}, "white"),  # white on the white background
         ({"colors": ("red", "red")}, "duplicates"),
-        ({"resolution": 16}, "too small"),
+        ({"resolution": 12}, "too small"),
         ({"max_objects": 10}, "max_objects"),
         ({"counts": (2, 4)}, "counts"),
         ({"shapes": ("circle",)}, "2 shapes"),
@@ -99,12 +101,12 @@ def test_scenes_in_slots_never_touch():
             row, col = o.cell
             assert bounds[col] + margin <= o.left and o.left + o.size <= bounds[col + 1] - margin
             assert bounds[row] + margin <= o.top and o.top + o.size <= bounds[row + 1] - margin
-            assert 7 <= o.size <= 8
+            assert 10 <= o.size <= 12
         for i, a in enumerate(scene):
-            for b in scene[i + 1 :]:  # >= 2 px apart along x or y: no 8-neighbour pixels
+            for b in scene[i + 1 :]:  # >= 2 * margin px apart along x or y: no 8-neighbour pixels
                 ax0, ay0, ax1, ay1 = a.box
                 bx0, by0, bx1, by1 = b.box
-                assert max(bx0 - ax1, ax0 - bx1, by0 - ay1, ay0 - by1) >= 2
+                assert max(bx0 - ax1, ax0 - bx1, by0 - ay1, ay0 - by1) >= 2 * margin
 
 
 def test_render_crisp_palette_pixels():
@@ -226,7 +228,7 @@ def test_scene_for_every_prompt_scores_correct():
 
 
 def test_scene_for_other_worlds_scores_correct():
-    for world in (World(grid=2), World(resolution=24, grid=2), World(shapes=("circle", "square"), colors=("red", "blue"))):
+    for world in (World(grid=3), World(resolution=24, grid=2), World(shapes=("circle", "square"), colors=("red", "blue"))):
         records = enumerate_prompts(world)
         rng = random.Random(1)
         out = _score(world, [scene_for(r, rng, world) for r in records], records)
