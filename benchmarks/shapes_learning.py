@@ -25,7 +25,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tdmr1_lightning.shapes.learning import reward_before_and_after
+    from tdmr1_lightning.shapes.learning import CONFIG, reward_before_and_after
 
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts-per-step", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--images-per-prompt", type=int, default=4)
-    parser.add_argument("--config", type=Path, default=None,
+    parser.add_argument("--config", type=Path, default=CONFIG,
                         help="a TDM-R1 config with a shapes_geneval reward (default: configs/shapes/tdmr1.yaml)")
     args = parser.parse_args(argv)
     gains = []
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             start, end = reward_before_and_after(
                 Path(tmp), seed, args.num_prompts, args.prompts_per_step, args.epochs, args.images_per_prompt, extra,
-                **({"config": args.config} if args.config else {}),
+                args.config,
             )
         gains.append(end - start)
         print(f"seed {seed}: mean soft score {start:.4f} -> {end:.4f}, gain {end - start:+.4f} "

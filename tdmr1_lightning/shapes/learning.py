@@ -38,11 +38,11 @@ def _prompts_and_world(config: Path) -> tuple[Path, dict[str, Any]]:
     train = data.get("data", {}).get("train_prompts")
     if not train:
         raise ValueError(f"{config}: data.train_prompts is not set")
+    train = Path(train)
+    if not train.is_absolute() and not train.exists():
+        train = ROOT / train
     for spec in data.get("model", {}).get("rewards") or []:
         if spec.get("name") == "shapes_geneval":
-            train = Path(train)
-            if not train.is_absolute() and not train.exists():
-                train = ROOT / train
             return train, dict((spec.get("init_args") or {}).get("world") or {})
     raise ValueError(f"{config}: model.rewards has no shapes_geneval reward")
 

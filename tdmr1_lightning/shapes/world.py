@@ -16,8 +16,9 @@ one object a cell, each inside its cell with a margin and a little jitter of pos
 objects never touch. By default (32 px, 2 x 2) the cells span pixels 0-16 and 16-32 in each
 direction, objects are 10 to 12 px, at least 2 px from their cell's border (neighbours >= 4 px apart)
 and their top-left corner jitters by up to 2 px. (A 3 x 3 grid, 7-8 px objects, is the denser
-variant: a tiny teacher draws those shapes much less reliably; docs/shapes.md.) Each shape is a fixed pixel template of its size
-(:func:`shape_template`: inscribed disc, full square, upward triangle) without anti-aliasing, so
+variant: a tiny teacher draws those shapes much less reliably; docs/shapes.md.) Each shape is a
+fixed pixel template of its size (:func:`shape_template`: inscribed disc, full square, upward
+triangle) without anti-aliasing, so
 every object pixel has its palette colour exactly. "A left of B" puts A and B in the same row, A's
 column before B's ("above": same column, A's row first), which makes GenEval's
 :func:`~tdmr1_rewards.geneval.relative_position` give exactly that relation and no other.
