@@ -281,6 +281,7 @@ def _build_components(
     pixel_space: bool = False,
     words: Sequence[str] = (),
     clip_max_length: int = CLIP_MAX_LENGTH,
+    t5_position_bias_std: float | None = None,
 ) -> dict[str, Any]:
     """Create every pipeline component with seeded random weights (no VAE in pixel space)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
@@ -358,6 +359,19 @@ def _build_components(
     )
     _seed(seed)
     text_encoder_3 = T5EncoderModel(t5_config).eval()
+    if t5_position_bias_std is not None:
+        if not t5_position_bias_std > 0:
+            raise ValueError(f"t5_position_bias_std must be positive, got {t5_position_bias_std}")
+        # transformers' init (std d_model**-0.5) leaves random T5 attention nearly uniform, so each
+        # output is its word's embedding plus a bag-of-words average: which colour names which shape
+        # is lost. A sharp random bias makes every token attend to fixed neighbours instead.
+        import torch
+
+        _seed(seed)
+        for block in text_encoder_3.encoder.block:
+            attention = block.layer[0].SelfAttention
+            if attention.has_relative_attention_bias:
+                torch.nn.init.normal_(attention.relative_attention_bias.weight, std=t5_position_bias_std)
 
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
 
@@ -415,6 +429,7 @@ def build_tiny_sd3(
     pixel_space: bool = False,
     words: Sequence[str] = (),
     clip_max_length: int = CLIP_MAX_LENGTH,
+    t5_position_bias_std: float | None = None,
     verbose: bool = False,
 ) -> Path:
     """Build a tiny random-weight SD3 pipeline and save it with ``save_pretrained``.
@@ -442,6 +457,11 @@ def build_tiny_sd3(
             ``vae=None``; see :class:`tdmr1_lightning.backbones.sd3.PixelSD3Backbone`).
         words: Whole words the tokenizers keep as one token each (see :func:`_build_tokenizers`).
         clip_max_length: CLIP tokenizer length and position count (77 in SD3).
+        t5_position_bias_std: Standard deviation of the T5 encoder's relative-position attention
+            bias at initialisation (``None``: transformers' ``d_model ** -0.5``). A frozen random T5
+            with the default is nearly a bag of words; a large value (e.g. 5) makes each token's
+            output depend on its neighbours, so a model conditioned on it can tell "a red circle and
+            a blue square" from "a blue circle and a red square" (docs/shapes.md).
         verbose: Print progress to stdout.
 
     Returns:
@@ -476,6 +496,7 @@ def build_tiny_sd3(
                 pixel_space=pixel_space,
                 words=words,
                 clip_max_length=clip_max_length,
+                t5_position_bias_std=t5_position_bias_std,
             )
         shutil.rmtree(tmp / ".scratch", ignore_errors=True)
         for name, comp in components.items():
@@ -561,6 +582,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patch-size", type=int, default=2)
     parser.add_argument("--words", nargs="*", default=[], help="whole words kept as single tokens")
     parser.add_argument("--clip-max-length", type=int, default=CLIP_MAX_LENGTH)
+    parser.add_argument(
+        "--t5-position-bias-std", type=float, default=None,
+        help="std of the T5 relative-position bias at initialisation (default: transformers' d_model ** -0.5)",
+    )
     parser.add_argument("--if-missing", action="store_true", help="do nothing if DIR already holds a pipeline")
     args = parser.parse_args(argv)
 
@@ -574,6 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         patch_size=args.patch_size,
         words=args.words,
         clip_max_length=args.clip_max_length,
+        t5_position_bias_std=args.t5_position_bias_std,
         verbose=True,
     )
     if args.if_missing:

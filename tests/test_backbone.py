@@ -208,3 +208,17 @@ def test_pixel_space_backbone_has_no_vae(tmp_path):
     assert torch.equal(bb.decode(bb.encode_images(images)), images)
     c = bb.encode_prompts(["a red circle", "a blue square"])
     assert bb.velocity(GENERATOR, torch.randn(2, 3, 16, 16), 0.5, c).shape == (2, 3, 16, 16)
+
+
+def test_frozen_text_encoders_stay_deterministic_in_training_mode(backbone):
+    # T5's config has dropout 0.1: in training mode it would make every prompt embedding a random draw
+    assert any(m.p > 0 for m in backbone.text_encoders.modules() if isinstance(m, torch.nn.Dropout))
+    backbone.train()
+    try:
+        assert backbone.roles.training
+        assert not any(encoder.training for encoder in backbone.text_encoders)
+        a, b = backbone.encode_prompts(["a red circle"]), backbone.encode_prompts(["a red circle"])
+        assert torch.equal(a.tensors["embeds"], b.tensors["embeds"])
+        assert torch.equal(backbone.null_condition(1).tensors["embeds"], backbone.encode_prompts([""]).tensors["embeds"])
+    finally:
+        backbone.eval()

@@ -335,3 +335,29 @@ def test_word_tokenizers_make_prompts_short(tmp_path: Path) -> None:
     with torch.no_grad():
         embeds, _, pooled, _ = pipe.encode_prompt(prompt, None, None, do_classifier_free_guidance=False, max_sequence_length=16)
     assert embeds.shape[1] == 16 + 16  # CLIP tokens + T5 tokens
+
+
+def test_a_sharp_t5_position_bias_makes_tokens_carry_their_neighbours(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    def circle_change(path: Path) -> float:
+        """Relative change of the T5 output at "circle" when only the colours around it swap."""
+        tok = AutoTokenizer.from_pretrained(str(path / "tokenizer_3"), local_files_only=True)
+        t5 = T5EncoderModel.from_pretrained(str(path / "text_encoder_3"), local_files_only=True)
+        texts = ["a photo of a red circle and a blue square", "a photo of a blue circle and a red square"]
+        with torch.no_grad():
+            out = t5(**tok(texts, return_tensors="pt")).last_hidden_state
+        at = texts[0].split().index("circle")
+        return float((out[0, at] - out[1, at]).norm() / out[0, at].norm())
+
+    default = build_tiny_sd3(tmp_path / "default", words=WORLD_WORDS, num_layers=1)
+    sharp = build_tiny_sd3(tmp_path / "sharp", words=WORLD_WORDS, num_layers=1, t5_position_bias_std=5.0)
+    bias = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+    assert 3.0 < _state(sharp, "text_encoder_3")[bias].std() < 7.0
+    assert _state(default, "text_encoder_3")[bias].std() < 0.5
+    # everything else is the same seeded draw
+    rest = {k: v for k, v in _state(default, "text_encoder_3").items() if k != bias}
+    assert all(torch.equal(v, _state(sharp, "text_encoder_3")[k]) for k, v in rest.items())
+    assert circle_change(sharp) > 3 * circle_change(default)
+    with pytest.raises(ValueError, match="t5_position_bias_std must be positive"):
+        build_tiny_sd3(tmp_path / "bad", t5_position_bias_std=0.0)

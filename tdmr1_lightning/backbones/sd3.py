@@ -116,6 +116,19 @@ class SD3Backbone(RectifiedFlowBackbone):
             state = load_lora_state_dict(self.fake_checkpoint, FAKE, "fake_checkpoint")
             self.roles.load_lora_(FAKE, state, f"fake_checkpoint {self.fake_checkpoint}")
 
+    def train(self, mode: bool = True) -> "SD3Backbone":
+        """Set training mode; the frozen VAE and text encoders stay in eval mode.
+
+        Lightning puts the whole module in training mode when fitting starts. A T5 in training mode
+        applies its dropout (``dropout_rate`` 0.1 in its config): every prompt embedding of a training
+        step would be a random draw, and the cached null condition of guidance one such draw for good.
+        """
+        super().train(mode)
+        for frozen in [*getattr(self, "text_encoders", ()), getattr(self, "vae", None)]:
+            if frozen is not None:
+                frozen.eval()
+        return self
+
     # -- the interface --------------------------------------------------------------------------
 
     pixel_space = False

@@ -34,6 +34,8 @@ class TinySD3Backbone(SD3Backbone):
         words: Whole words the tiny tokenizers keep as one token each (idem): a small world's
             vocabulary makes prompts a few tokens long, and the model much cheaper.
         clip_max_length: CLIP tokens per prompt (idem; 77 as in SD3).
+        t5_position_bias_std: Std of the random T5's relative-position bias (idem; ``None``: the
+            transformers default, which leaves the frozen T5 nearly a bag of words).
     """
 
     def __init__(
@@ -55,11 +57,12 @@ class TinySD3Backbone(SD3Backbone):
         patch_size: int = 2,
         words: Sequence[str] = (),
         clip_max_length: int = CLIP_MAX_LENGTH,
+        t5_position_bias_std: float | None = None,
     ) -> None:
         path = ensure_tiny_sd3(
             directory, resolution=resolution, seed=seed, num_layers=num_layers, attention_head_dim=attention_head_dim,
             num_attention_heads=num_attention_heads, patch_size=patch_size, pixel_space=self.pixel_space,
-            words=words, clip_max_length=clip_max_length,
+            words=words, clip_max_length=clip_max_length, t5_position_bias_std=t5_position_bias_std,
         )
         super().__init__(
             str(path), resolution=resolution, roles_as=roles_as, lora_rank=lora_rank, lora_alpha=lora_alpha,
