@@ -72,11 +72,15 @@ def tasks() -> dict[str, list[tuple[str, int]]]:
     return out
 
 
-def embed(path: Path, prompts: list[str], max_sequence_length: int = 16) -> torch.Tensor:
-    """``prompt_embeds`` of a pipeline folder's text encoders, ``(n, tokens, dim)``."""
+def load_text_pipeline(path: Path):
+    """A pipeline folder's tokenizers and text encoders (no transformer, no VAE)."""
     from diffusers import StableDiffusion3Pipeline
 
-    pipe = StableDiffusion3Pipeline.from_pretrained(str(path), vae=None, transformer=None, local_files_only=True)
+    return StableDiffusion3Pipeline.from_pretrained(str(path), vae=None, transformer=None, local_files_only=True)
+
+
+def embed(pipe, prompts: list[str], max_sequence_length: int = 16) -> torch.Tensor:
+    """``prompt_embeds`` of the pipeline's text encoders, ``(n, tokens, dim)``."""
     with torch.no_grad():
         embeds, _, _, _ = pipe.encode_prompt(
             prompts, None, None, do_classifier_free_guidance=False, max_sequence_length=max_sequence_length
@@ -130,9 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     for text in pipelines:
         name, sep, path = text.partition("=")
         name, path = (name, path) if sep else (Path(text).name, text)
+        pipe = load_text_pipeline(Path(path))
         cells = []
         for items in data.values():
-            x = embed(Path(path), [p for p, _ in items])
+            x = embed(pipe, [p for p, _ in items])
             y = torch.tensor([label for _, label in items])
             accs = [probe_accuracy(x, y, seed, args.steps) for seed in range(args.splits)]
             cells.append(f"{statistics.mean(accs):.2f} ± {statistics.stdev(accs):.2f}")

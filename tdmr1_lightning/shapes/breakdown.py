@@ -88,7 +88,7 @@ def load_held_out(world_json: str | Path) -> HeldOut:
         data = json.loads(path.read_text(encoding="utf-8"))["held_out"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: not a world.json with a 'held_out' entry ({exc})") from exc
-    return HeldOut(**{key: frozenset(tuple(v) for v in data.get(key, [])) for key in HeldOut.__dataclass_fields__})
+    return HeldOut.from_dict(data)
 
 
 def load_samples(path: str | Path) -> list[dict[str, Any]]:

@@ -792,6 +792,11 @@ class HeldOut:
             | {("colors", *k) for k in self.color_pair}
         )
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "HeldOut":
+        """The inverse of :meth:`to_dict` (the ``held_out`` entry of a ``world.json``)."""
+        return cls(**{key: frozenset(tuple(v) for v in data.get(key, [])) for key in cls.__dataclass_fields__})
+
     def to_dict(self) -> dict[str, list]:
         return {
             "color_shape": sorted(list(k) for k in self.color_shape),
