@@ -73,8 +73,9 @@ def describe(config: dict) -> str:
 
 
 def machine() -> str:
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return (
-        f"{platform.machine()} {os.cpu_count()} CPU cores (torch threads {torch.get_num_threads()}), "
+        f"{platform.machine()} {os.cpu_count()} CPU cores (torch threads {torch.get_num_threads()}){gpu}, "
         f"torch {torch.__version__}, {datetime.date.today().isoformat()}"
     )
 

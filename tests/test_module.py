@@ -166,13 +166,17 @@ def _role_params(cli):
 
 
 def test_scoring_in_the_background_changes_nothing(tmp_path, tiny_sd3_path):
-    results = []
-    for overlap in ("true", "false"):
+    results = {}
+    for overlap in ("false", "true", "process"):
         cli = build_cli(tiny_args(tmp_path / overlap, tiny_sd3_path, "--trainer.logger=false", "--trainer.max_steps=2", f"--model.overlap_rewards={overlap}"), run=False)
         cli.trainer.fit(cli.model, cli.datamodule)
-        results.append(_role_params(cli))
-    for role in results[0]:
-        assert all(torch.equal(a, b) for a, b in zip(results[0][role], results[1][role])), role
+        results[overlap] = _role_params(cli)
+        metrics = cli.trainer.logged_metrics
+        assert metrics["time/reward_s"] > 0 and metrics["time/reward_wait_s"] >= 0, overlap
+        assert cli.model._reward_pool is None  # the thread or worker process is shut down at the end
+    for overlap in ("true", "process"):
+        for role in results["false"]:
+            assert all(torch.equal(a, b) for a, b in zip(results["false"][role], results[overlap][role])), (overlap, role)
 
 
 def test_two_rewards_combined_by_advantages(tmp_path, tiny_sd3_path):
