@@ -2,11 +2,10 @@
 
 The run is :func:`tdmr1_lightning.shapes.learning.reward_before_and_after` (the quick start's config
 on a fixed prompt set); ``python benchmarks/shapes_learning.py`` repeats it over seeds. The margin
-comes from those repeated runs (docs/shapes.md, "Does TDM-R1 learn here?"): with these settings,
-seeds 0, 1, 2 gained +0.030, +0.054, +0.060 (seed 1: +0.046 with the shipped float16 teacher);
-without the reward term (``--model.reward_weight=0``, the TDM part alone) +0.020, -0.003, -0.027.
-The test runs seed 1 (seed 0 gains nearly as much without the reward, so it would
-not tell the reward's gain from the TDM term's) and asks for more than the largest gain without the reward.
+comes from those repeated runs with the shipped files (docs/shapes.md, "Does TDM-R1 learn here?"):
+seeds 0, 1, 2 gained +0.055, +0.066, +0.078; without the reward term (``--model.reward_weight=0``,
+the TDM part alone) +0.032, +0.045, +0.010. The test runs seed 2, the seed whose gain depends most
+on the reward, and asks for more than the largest gain without the reward in any seed.
 """
 
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from tdmr1_lightning.shapes.learning import reward_before_and_after
 
 NUM_PROMPTS, PROMPTS_PER_STEP, EPOCHS, IMAGES_PER_PROMPT = 80, 8, 2, 2  # 20 updates of 64 samples
-SEED, MARGIN = 1, 0.02
+SEED, MARGIN = 2, 0.05
 
 
 @pytest.mark.slow
