@@ -38,7 +38,7 @@ TEACHER_CONFIG = ROOT / "configs" / "shapes" / "teacher.yaml"
 def build_encoders(directory: Path) -> list[str]:
     """``NAME=DIR`` of two tiny pipelines with the shapes teacher's tokenizers and random text encoders
     (its config's ``words`` and ``clip_max_length``, seed 0): T5 position bias as transformers
-    initialises it, and with std 5 (the teacher's ``t5_position_bias_std``)."""
+    initialises it, and with std 5 (the sharp-bias setting of docs/shapes.md, "Text that binds")."""
     import yaml
 
     from tdmr1_lightning.tiny import build_tiny_sd3

@@ -264,12 +264,12 @@ def main(argv: list[str] | None = None) -> int:
         prompts = Path(args.prompts)
         records = {r["prompt"]: r for r in load_prompts(prompts)}
         held_out = load_held_out(args.world or prompts.parent / "world.json")
+        pool = [tag.strip() for tag in args.pool_tags.split(",") if tag.strip()]
         names, kinds, failures = [], [], []
         for text in args.evaluations:
             name, path = _named(text)
             samples = load_samples(path)
             names.append(name)
-            pool = [tag.strip() for tag in args.pool_tags.split(",") if tag.strip()]
             kinds.append(accuracy_by_kind(samples, records, held_out, args.reward, pool))
             if not args.no_failures:
                 failures.append(failures_by_tag(samples, args.reward))
