@@ -11,6 +11,14 @@ evaluations of the same prompt set and prints two Markdown tables:
 * **failures by tag**: the fraction of samples of each tag that were correct or failed first for
   a missing object, a wrong colour, a wrong relation, a missing relation target, or an extra object.
 
+With ``--drawn`` it also reads the images an evaluation saved (``tdmr1 evaluate --save-images each``),
+runs the world's detector on them and prints a third table, **shapes drawn by tag**: whether each
+sample drew the shapes its prompt names in the numbers it names (colours and places aside), a wrong
+shape among the right number of objects, or too few or too many objects; and, overlapping these,
+how many images hold a shape the prompt does not name. GenEval's "expected
+triangle>=3, found 1" reads the same for one triangle and for a triangle between two squares; this
+table tells them apart.
+
 CLI (the tables in docs/shapes.md)::
 
     python -m tdmr1_lightning.shapes.breakdown --prompts configs/prompts/shapes/test.jsonl \\
@@ -27,8 +35,13 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
+import torch
+from PIL import Image
+
 from ..data import load_prompts
 from ..evaluate import wilson_interval
+from .detector import ShapesDetector
 from .world import HeldOut, prompt_combinations
 
 KIND_NAMES: dict[str, str] = {
@@ -45,6 +58,13 @@ FAILURES: tuple[str, ...] = (
     "correct", "missing object", "wrong colour", "wrong relation", "no relation target", "extra object", "other",
 )
 """Failure categories of :func:`failure_kind`, in table order."""
+
+DRAWN: tuple[str, ...] = ("as asked", "a wrong shape", "too few objects", "too many objects")
+"""Outcomes of :func:`drawn_outcome`, in table order."""
+
+UNNAMED = "a shape not named"
+"""The column of :func:`drawn_by_tag` that overlaps the others: images with an object of a shape
+the prompt does not name (a square for "three circles")."""
 
 _MISSING = re.compile(r"^expected [a-z ]+>=\d+, found \d+$")
 _COLOUR = re.compile(r"^expected [a-z]+ [a-z ]+>=\d+, found \d+ [a-z]+$")
@@ -194,6 +214,62 @@ def failures_by_tag(samples: Iterable[Mapping[str, Any]], reward: str = "shapes_
     return dict(counts)
 
 
+def drawn_outcome(metadata: Mapping[str, Any], labels: Sequence[str]) -> str:
+    """What one image drew against what its prompt names, by shape and number only (:data:`DRAWN`).
+
+    ``labels`` are the classes of the objects detected. The prompt asks for ``sum(count)`` objects of
+    its include clauses; an image with that many objects drew them ``as asked`` when every clause's
+    class has at least its count, and ``a wrong shape`` otherwise. Colours and relations are not
+    looked at (the failure table has them), and an object of a shape the prompt does not name counts
+    as one too many (GenEval accepts it: its include and exclude clauses look at the named classes).
+    """
+    asked: Counter = Counter()
+    for req in metadata.get("include", []):
+        asked[req["class"]] += int(req["count"])
+    got = Counter(labels)
+    total, wanted = sum(got.values()), sum(asked.values())
+    if total < wanted:
+        return "too few objects"
+    if total > wanted:
+        return "too many objects"
+    return "as asked" if all(got[name] >= n for name, n in asked.items()) else "a wrong shape"
+
+
+def drawn_by_tag(folder: str | Path, detector: ShapesDetector | None = None) -> dict[str, Counter]:
+    """:func:`drawn_outcome` of every image an evaluation saved, counted by prompt tag.
+
+    ``folder`` is a ``tdmr1 evaluate --out`` folder written with ``--save-images each``
+    (``images/<prompt>/metadata.jsonl`` and ``images/<prompt>/samples/*.png``, GenEval's layout).
+    Each tag's counter also holds :data:`UNNAMED`, which overlaps the outcomes.
+    """
+    images = Path(folder) / "images"
+    prompts = sorted(p for p in images.iterdir() if p.is_dir()) if images.is_dir() else []
+    if not prompts:
+        raise ValueError(f"{images}: no saved images (run 'tdmr1 evaluate' with --save-images each)")
+    detector = detector or ShapesDetector()
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for prompt in prompts:
+        meta_path = prompt / "metadata.jsonl"
+        try:
+            metadata = json.loads(meta_path.read_text(encoding="utf-8").splitlines()[0])
+            metadata["include"]  # noqa: B018 -- read below
+        except (OSError, ValueError, IndexError, KeyError, TypeError) as exc:
+            raise ValueError(f"{meta_path}: not the metadata of a saved prompt ({exc!r})") from exc
+        files = sorted((prompt / "samples").glob("*.png"))
+        if not files:
+            raise ValueError(f"{prompt / 'samples'}: no images")
+        batch = torch.stack(
+            [torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files]
+        )
+        named = {req["class"] for req in metadata["include"]}
+        for detections in detector.detect(batch):
+            labels = [d.label for d in detections]
+            counter = counts[metadata.get("tag", "")]
+            counter[drawn_outcome(metadata, labels)] += 1
+            counter[UNNAMED] += any(label not in named for label in labels)
+    return dict(counts)
+
+
 def _fmt(group: Mapping[str, Any]) -> str:
     if group["accuracy"] is None:
         return "-"
@@ -214,12 +290,17 @@ def format_kinds(names: Sequence[str], tables: Sequence[Mapping[str, Mapping[str
     return "\n".join(lines)
 
 
-def format_failures(name: str, counts: Mapping[str, Counter]) -> str:
-    """Markdown: a row per tag, the fraction of its samples in each failure category."""
-    used = [f for f in FAILURES if any(c[f] for c in counts.values())]
+def format_failures(
+    name: str, counts: Mapping[str, Counter], categories: Sequence[str] = FAILURES, also: Sequence[str] = ()
+) -> str:
+    """Markdown: a row per tag, the fraction of its samples in each category (those that occur).
+
+    ``categories`` split the samples; ``also`` are columns that overlap them (not in the total).
+    """
+    used = [f for f in categories if any(c[f] for c in counts.values())] + list(also)
     lines = [f"| {name}: tag (samples) | " + " | ".join(used) + " |", "|:--|" + "--:|" * len(used)]
     for tag, counter in counts.items():
-        n = sum(counter.values())
+        n = sum(counter[f] for f in categories)
         lines.append(f"| {tag} ({n}) | " + " | ".join(f"{counter[f] / n:.3f}" for f in used) + " |")
     return "\n".join(lines)
 
@@ -255,6 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated tags pooled into one more row (default: position,color_attr; '' for none)",
     )
     parser.add_argument("--no-failures", action="store_true", help="print only the table by held-out kind")
+    parser.add_argument(
+        "--drawn", action="store_true",
+        help="also detect the shapes in the images each evaluation saved (tdmr1 evaluate --save-images each) "
+        "and print what was drawn by tag: as asked, a wrong shape, too few or too many objects",
+    )
     return parser
 
 
@@ -265,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         records = {r["prompt"]: r for r in load_prompts(prompts)}
         held_out = load_held_out(args.world or prompts.parent / "world.json")
         pool = [tag.strip() for tag in args.pool_tags.split(",") if tag.strip()]
-        names, kinds, failures = [], [], []
+        names, kinds, failures, drawn = [], [], [], []
         for text in args.evaluations:
             name, path = _named(text)
             samples = load_samples(path)
@@ -273,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
             kinds.append(accuracy_by_kind(samples, records, held_out, args.reward, pool))
             if not args.no_failures:
                 failures.append(failures_by_tag(samples, args.reward))
+            if args.drawn:
+                drawn.append(drawn_by_tag(Path(path).parent if Path(path).is_file() else path))
     except ValueError as exc:  # PromptFileError included
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -280,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, counts in zip(names, failures):
         print()
         print(format_failures(name, counts))
+    for name, counts in zip(names, drawn):
+        print()
+        print(format_failures(f"{name}, shapes drawn", counts, DRAWN, also=(UNNAMED,)))
     return 0
 
 

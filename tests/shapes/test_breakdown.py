@@ -9,9 +9,13 @@ from pathlib import Path
 import pytest
 
 from tdmr1_lightning.data import load_prompts
-from tdmr1_lightning.shapes import ShapesDetector, World, render_batch, scene_for
+from PIL import Image
+
+from tdmr1_lightning.shapes import ShapesDetector, World, render, render_batch, scene_for
 from tdmr1_lightning.shapes.breakdown import (
     accuracy_by_kind,
+    drawn_by_tag,
+    drawn_outcome,
     failure_kind,
     failures_by_tag,
     held_out_kinds,
@@ -137,3 +141,58 @@ def test_cli_prints_both_tables_and_names_bad_input(scored, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "held-out kind" in capsys.readouterr().out
+
+
+def test_drawn_outcome_by_shape_and_number():
+    three = {"tag": "counting", "include": [{"class": "circle", "count": 3}]}
+    assert drawn_outcome(three, ["circle"] * 3) == "as asked"
+    assert drawn_outcome(three, ["circle", "square", "circle"]) == "a wrong shape"
+    assert drawn_outcome(three, ["circle"] * 2) == "too few objects"
+    assert drawn_outcome(three, ["circle"] * 4) == "too many objects"
+    pair = {"tag": "position", "include": [{"class": "square", "count": 1}, {"class": "circle", "count": 1}]}
+    assert drawn_outcome(pair, ["circle", "square"]) == "as asked"
+    assert drawn_outcome(pair, ["circle", "circle"]) == "a wrong shape"
+    assert drawn_outcome(pair, []) == "too few objects"
+
+
+def _save(folder: Path, index: int, record: dict, scenes: list) -> None:
+    """Images in the layout of 'tdmr1 evaluate --save-images each'."""
+    (folder / "images" / f"{index:05d}" / "samples").mkdir(parents=True)
+    (folder / "images" / f"{index:05d}" / "metadata.jsonl").write_text(json.dumps(record) + "\n")
+    for j, scene in enumerate(scenes):
+        array = render(scene, world=WORLD).permute(1, 2, 0).numpy()
+        Image.fromarray(array).save(folder / "images" / f"{index:05d}" / "samples" / f"{j:04d}.png")
+
+
+def test_shapes_drawn_read_back_from_saved_images(scored, tmp_path, capsys):
+    cases, samples = scored
+    count = next(r for r, _, _ in cases if r["tag"] == "counting")
+    three = scene_for(count, 1, WORLD)
+    other = next(s for s in WORLD.shapes if s != three[0].shape)
+    wrong = [dataclasses.replace(three[0], shape=other), *three[1:]]
+    extra = next(s for r, s, why in cases if r["tag"] == "counting" and why == "extra object")
+    position = next(r for r, _, _ in cases if r["tag"] == "position")
+    run = tmp_path / "run"
+    _save(run, 0, count, [three, wrong, three[:2], extra])
+    _save(run, 1, position, [scene_for(position, 0, WORLD)])
+    assert drawn_by_tag(run, ShapesDetector(WORLD)) == {
+        "counting": {
+            "as asked": 1, "a wrong shape": 1, "too few objects": 1, "too many objects": 1, "a shape not named": 1,
+        },
+        "position": {"as asked": 1, "a shape not named": 0},
+    }
+    (run / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    assert main(["--prompts", str(PROMPTS), "--drawn", "--no-failures", f"mine={run}"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "| mine, shapes drawn: tag (samples) | as asked | a wrong shape | too few objects | too many objects "
+        "| a shape not named |" in out
+    )
+    assert "| counting (4) | 0.250 | 0.250 | 0.250 | 0.250 | 0.250 |" in out
+    assert "| position (1) | 1.000 | 0.000 | 0.000 | 0.000 | 0.000 |" in out
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "samples.jsonl").write_text((run / "samples.jsonl").read_text())
+    assert main(["--prompts", str(PROMPTS), "--drawn", str(bare)]) == 2
+    assert "no saved images (run 'tdmr1 evaluate' with --save-images each)" in capsys.readouterr().err
