@@ -35,9 +35,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-import numpy as np
 import torch
-from PIL import Image
+
+from tdmr1_rewards.human_csv import read_image
 
 from ..data import load_prompts
 from ..evaluate import wilson_interval
@@ -258,13 +258,10 @@ def drawn_by_tag(folder: str | Path, detector: ShapesDetector | None = None) -> 
         files = sorted((prompt / "samples").glob("*.png"))
         if not files:
             raise ValueError(f"{prompt / 'samples'}: no images")
-        batch = torch.stack(
-            [torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files]
-        )
         named = {req["class"] for req in metadata["include"]}
-        for detections in detector.detect(batch):
+        counter = counts[metadata.get("tag", "")]
+        for detections in detector.detect(torch.stack([read_image(f) for f in files])):
             labels = [d.label for d in detections]
-            counter = counts[metadata.get("tag", "")]
             counter[drawn_outcome(metadata, labels)] += 1
             counter[UNNAMED] += any(label not in named for label in labels)
     return dict(counts)

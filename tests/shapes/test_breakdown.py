@@ -7,10 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-
-from tdmr1_lightning.data import load_prompts
 from PIL import Image
 
+from tdmr1_lightning.data import load_prompts
 from tdmr1_lightning.shapes import ShapesDetector, World, render, render_batch, scene_for
 from tdmr1_lightning.shapes.breakdown import (
     accuracy_by_kind,
