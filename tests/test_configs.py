@@ -125,8 +125,12 @@ def test_shapes_teacher_trains_on_the_shipped_prompt_split():
     shipped = json.loads((ROOT / "configs/prompts/shapes/world.json").read_text())
     data = yaml.safe_load((ROOT / "configs/shapes/teacher.yaml").read_text())["data"]["init_args"]
     world = World(**shipped["world"])
-    held = held_out_combinations(world, data["held_out_fraction"], data["held_out_seed"], data["held_out_split"])
+    partners = data.get("held_out_count_partners", 1)
+    held = held_out_combinations(
+        world, data["held_out_fraction"], data["held_out_seed"], data["held_out_split"], partners
+    )
     assert held.to_dict() == shipped["held_out"] and data["held_out_split"] == shipped["split"]
+    assert partners == shipped.get("count_partners", 1)
     assert World(**data["world"]) == world
     tdmr1 = yaml.safe_load((ROOT / "configs/shapes/tdmr1.yaml").read_text())["model"]
     for spec in tdmr1["rewards"] + tdmr1["eval_rewards"]:

@@ -37,6 +37,8 @@ class ShapesDataModule(L.LightningDataModule):
         held_out_seed: Seed of the held-out split.
         held_out_split: What is held out besides counts, shape pairs and relations: ``bindings``
             ((colour, shape) pairs) or ``compositions`` (pairs of coloured objects in one prompt).
+        held_out_count_partners: Shapes each count keeps in training (1 lets one count go with one
+            shape alone).
         num_workers: DataLoader workers.
     """
 
@@ -49,6 +51,7 @@ class ShapesDataModule(L.LightningDataModule):
         held_out_fraction: float = 0.25,
         held_out_seed: int = 0,
         held_out_split: Literal["bindings", "compositions"] = "bindings",
+        held_out_count_partners: int = 1,
         num_workers: int = 0,
     ) -> None:
         super().__init__()
@@ -56,7 +59,9 @@ class ShapesDataModule(L.LightningDataModule):
             raise ValueError(f"batch_size and steps_per_epoch must be >= 1, got {batch_size}, {steps_per_epoch}")
         self.world = World(**(world or {}))
         held_out = (
-            held_out_combinations(self.world, held_out_fraction, held_out_seed, held_out_split)
+            held_out_combinations(
+                self.world, held_out_fraction, held_out_seed, held_out_split, held_out_count_partners
+            )
             if held_out_fraction > 0
             else None
         )

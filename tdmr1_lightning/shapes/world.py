@@ -44,7 +44,9 @@ combinations are held out -- (count, shape) pairs of counting prompts, shape pai
 prompts and (shape, relation, shape) triples of position prompts ("A left of B" and "B right of A" are
 the same triple), and either (colour, shape) pairs in any prompt (split ``bindings``) or pairs of
 coloured objects named in one prompt (split ``compositions``: every (colour, shape) pair stays in
-training) -- so no training prompt contains any of them.
+training) -- so no training prompt contains any of them. ``count_partners=2`` keeps every count with
+two shapes in training (with 1, a count may be trained with one shape only, which a reward turns into
+a shortcut: "three" comes to mean that shape).
 
 :class:`ShapesDataset` yields freshly drawn ``(image, prompt, metadata)`` triples (deterministic per
 seed and index) for pretraining a teacher, from the training prompts only when given the split.
@@ -872,7 +874,7 @@ SPLITS: tuple[str, ...] = ("bindings", "compositions")
 
 
 def held_out_combinations(
-    world: World = World(), fraction: float = 0.25, seed: int = 0, split: str = "bindings"
+    world: World = World(), fraction: float = 0.25, seed: int = 0, split: str = "bindings", count_partners: int = 1
 ) -> HeldOut:
     """About ``fraction`` of each kind of combination, chosen by ``seed``, held out for testing.
 
@@ -884,12 +886,16 @@ def held_out_combinations(
     prompts compose known objects in new ways.
 
     Every colour, shape, count and (for compositions) (colour, shape) pair keeps a training partner,
-    so held-out prompts test composition of known words.
+    so held-out prompts test composition of known words. ``count_partners`` is how many shapes each
+    count keeps in training (at most the world's shapes): with 1, a split may leave "three" with one
+    shape alone, and reward on "three squares" then teaches "three" to mean squares; with 2 it cannot.
     """
     if not 0 <= fraction < 1:
         raise ValueError(f"held-out fraction must be in [0, 1), got {fraction}")
     if split not in SPLITS:
         raise ValueError(f"unknown held-out split {split!r}; choose one of {', '.join(SPLITS)}")
+    if count_partners < 1:
+        raise ValueError(f"count_partners must be >= 1, got {count_partners}")
     rng = random.Random(f"shapes-held-out:{seed}")
     shapes = world.shapes
     color_shape = frozenset()
@@ -900,9 +906,11 @@ def held_out_combinations(
         )
     count_shape = frozenset()
     if "counting" in world.tags and len(world.counts) > 1 and len(shapes) > 1:
+        partners = min(count_partners, len(shapes))
         count_shape = _pick(
             rng, [(n, s) for n in world.counts for s in shapes], fraction,
-            lambda rest: _covers(world.counts, 0)(rest) and _covers(shapes, 1)(rest),
+            lambda rest: _covers(shapes, 1)(rest)
+            and all(sum(c[0] == n for c in rest) >= partners for n in world.counts),
         )
     shape_pair = frozenset()
     if "two_object" in world.tags and len(shapes) > 2:
@@ -958,19 +966,20 @@ def make_prompt_sets(
     held_out_fraction: float = 0.25,
     out_dir: str | Path | None = None,
     split: str = "bindings",
+    count_partners: int = 1,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], HeldOut]:
     """Training and test prompt records of the world, split by held-out combinations.
 
     Training records: the world's tags in turn (record ``i`` has the ``i % T``-th tag that has training
     prompts), each a uniform draw among that tag's training prompts (repeats allowed). Test records:
     distinct held-out prompts, tags in turn (a tag's share ends when its held-out prompts run out).
-    ``split`` is the kind of held-out split (:func:`held_out_combinations`).
+    ``split`` and ``count_partners`` choose the held-out combinations (:func:`held_out_combinations`).
     Raises ``ValueError`` if fewer than ``n_test`` distinct held-out prompts exist. With ``out_dir``,
     writes ``train.jsonl``, ``test.jsonl`` and ``world.json`` there. Returns ``(train, test, held_out)``.
     """
     if n_train < 0 or n_test < 0:
         raise ValueError(f"n_train and n_test must be >= 0, got {n_train}, {n_test}")
-    held = held_out_combinations(world, held_out_fraction, seed, split)
+    held = held_out_combinations(world, held_out_fraction, seed, split, count_partners)
     train_pool, test_pool = split_prompts(enumerate_prompts(world), held)
     if len(test_pool) < n_test:
         counts = Counter(r["tag"] for r in test_pool)
@@ -1003,7 +1012,7 @@ def make_prompt_sets(
         write_jsonl(test, out / "test.jsonl")
         (out / "world.json").write_text(
             json.dumps({"world": world.to_dict(), "held_out": held.to_dict(), "split": split, "seed": seed,
-                        "held_out_fraction": held_out_fraction}, indent=2) + "\n",
+                        "held_out_fraction": held_out_fraction, "count_partners": count_partners}, indent=2) + "\n",
             encoding="utf-8",
         )
     return train, test, held
@@ -1153,6 +1162,10 @@ def main(argv: list[str] | None = None) -> int:
         help="what is held out besides counts, shape pairs and relations: (colour, shape) bindings, or pairs "
         "of coloured objects named together (compositions; every binding stays in training) (default: bindings)",
     )
+    parser.add_argument(
+        "--count-partners", type=int, default=1, metavar="N",
+        help="shapes each count keeps in training: with 1, one count may be trained with one shape only (default: 1)",
+    )
     defaults = World()
     parser.add_argument("--shapes", nargs="+", default=list(defaults.shapes), choices=SHAPES)
     parser.add_argument("--colors", nargs="+", default=list(defaults.colors), choices=list(PALETTE))
@@ -1169,7 +1182,8 @@ def main(argv: list[str] | None = None) -> int:
             resolution=args.resolution, grid=args.grid, tags=args.tags,
         )
         train, test, held = make_prompt_sets(
-            world, args.train, args.test, args.seed, args.held_out_fraction, args.out_dir, args.split
+            world, args.train, args.test, args.seed, args.held_out_fraction, args.out_dir, args.split,
+            args.count_partners,
         )
         seen = seen_prompts(train, args.seen_per_tag, args.seed)
     except ValueError as err:

@@ -27,6 +27,9 @@ def test_data_module_batches_avoid_held_out_combinations():
     held = comp.dataset.held_out
     assert held.color_pair and not held.color_shape
     assert not any(is_held_out(comp.dataset.record(i), held) for i in range(32))
+    two = ShapesDataModule(batch_size=8, steps_per_epoch=4, held_out_fraction=0.3, held_out_split="compositions",
+                           held_out_count_partners=2).dataset.held_out
+    assert {n for n, _ in two.count_shape} == {2, 3} and {n for n, _ in held.count_shape} == {3}
 
 
 def test_registered_reward_scores_rendered_scenes():

@@ -354,6 +354,31 @@ def test_compositions_split_keeps_every_binding_in_training(seed):
         held_out_combinations(WORLD, 0.25, split="colours")
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_count_partners_keep_every_count_with_two_shapes(seed):
+    """With one partner a split may train "three" with one shape alone (seed 0 of the shipped split:
+    only "three squares"); with two, every count keeps two shapes in training and every shape a count."""
+    one = held_out_combinations(WORLD, 0.3, seed, "compositions")
+    two = held_out_combinations(WORLD, 0.3, seed, "compositions", count_partners=2)
+    assert len(two.count_shape) == len(one.count_shape) == 2
+    trained = {(n, s) for n in WORLD.counts for s in WORLD.shapes} - two.count_shape
+    assert all(sum(k[0] == n for k in trained) >= 2 for n in WORLD.counts)
+    assert {s for _, s in trained} == set(WORLD.shapes)
+    # the other kinds of combination are the same draw
+    assert (two.color_pair, two.relation, two.shape_pair) == (one.color_pair, one.relation, one.shape_pair)
+    train, test, held = make_prompt_sets(WORLD, 600, 200, seed, 0.3, split="compositions", count_partners=2)
+    assert held == two
+    counting = {(r["include"][0]["count"], r["include"][0]["class"]) for r in train if r["tag"] == "counting"}
+    assert counting == trained
+    assert {(r["include"][0]["count"], r["include"][0]["class"]) for r in test if r["tag"] == "counting"} == two.count_shape
+    # more partners than the world has shapes: as many as there are, which holds nothing out
+    assert held_out_combinations(WORLD, 0.3, seed, "compositions", count_partners=5).count_shape == frozenset()
+    if seed == 0:
+        assert {n for n, _ in one.count_shape} == {3}  # the shipped split's shortcut
+    with pytest.raises(ValueError, match="count_partners"):
+        held_out_combinations(WORLD, 0.3, seed, count_partners=0)
+
+
 def test_split_prompts_and_limits():
     held = held_out_combinations(WORLD, 0.25, seed=0)
     train, test = split_prompts(enumerate_prompts(WORLD), held)
@@ -385,6 +410,7 @@ def test_make_prompt_sets_writes_readable_files(tmp_path):
     assert load_prompts(tmp_path / "test.jsonl") == test
     info = json.loads((tmp_path / "world.json").read_text())
     assert World(**info["world"]) == WORLD and info["held_out"] == held.to_dict() and info["split"] == "bindings"
+    assert info["count_partners"] == 1
 
 
 def test_cli(tmp_path, capsys):
@@ -395,6 +421,10 @@ def test_cli(tmp_path, capsys):
     assert Image.open(tmp_path / "preview.png").size == (8 * 130 + 2, 2 * 130 + 2)
     assert len((tmp_path / "preview.txt").read_text().splitlines()) == 13
     assert "held out" in capsys.readouterr().err
+    assert main(["--out-dir", str(tmp_path), "--test", "200", "--split", "compositions", "--held-out-fraction", "0.3",
+                 "--count-partners", "2", "--preview", "0"]) == 0
+    info = json.loads((tmp_path / "world.json").read_text())
+    assert info["count_partners"] == 2 and sorted(n for n, _ in info["held_out"]["count_shape"]) == [2, 3]
     with pytest.raises(SystemExit):
         main(["--out-dir", str(tmp_path), "--colors", "red", "white"])
 
