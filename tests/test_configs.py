@@ -125,12 +125,13 @@ def test_shapes_teacher_trains_on_the_shipped_prompt_split():
     shipped = json.loads((ROOT / "configs/prompts/shapes/world.json").read_text())
     data = yaml.safe_load((ROOT / "configs/shapes/teacher.yaml").read_text())["data"]["init_args"]
     world = World(**shipped["world"])
-    partners = data.get("held_out_count_partners", 1)
+    partners, triples = data.get("held_out_count_partners", 1), data.get("held_out_count_triples", False)
     held = held_out_combinations(
-        world, data["held_out_fraction"], data["held_out_seed"], data["held_out_split"], partners
+        world, data["held_out_fraction"], data["held_out_seed"], data["held_out_split"], partners, triples
     )
-    assert held.to_dict() == shipped["held_out"] and data["held_out_split"] == shipped["split"]
-    assert partners == shipped.get("count_partners", 1)
+    assert {k: v for k, v in held.to_dict().items() if v} == {k: v for k, v in shipped["held_out"].items() if v}
+    assert data["held_out_split"] == shipped["split"]
+    assert (partners, triples) == (shipped.get("count_partners", 1), shipped.get("count_triples", False))
     assert World(**data["world"]) == world
     tdmr1 = yaml.safe_load((ROOT / "configs/shapes/tdmr1.yaml").read_text())["model"]
     for spec in tdmr1["rewards"] + tdmr1["eval_rewards"]:

@@ -48,6 +48,7 @@ KIND_NAMES: dict[str, str] = {
     "colors": "coloured pair",
     "relation": "relation triple",
     "count": "(count, shape)",
+    "counted": "(count, colour, shape)",
     "pair": "shape pair",
     "color": "(colour, shape)",
 }

@@ -39,6 +39,8 @@ class ShapesDataModule(L.LightningDataModule):
             ((colour, shape) pairs) or ``compositions`` (pairs of coloured objects in one prompt).
         held_out_count_partners: Shapes each count keeps in training (1 lets one count go with one
             shape alone).
+        held_out_count_triples: Hold out (count, colour, shape) triples of counting prompts, every
+            pair of them trained, instead of (count, shape) pairs.
         num_workers: DataLoader workers.
     """
 
@@ -52,6 +54,7 @@ class ShapesDataModule(L.LightningDataModule):
         held_out_seed: int = 0,
         held_out_split: Literal["bindings", "compositions"] = "bindings",
         held_out_count_partners: int = 1,
+        held_out_count_triples: bool = False,
         num_workers: int = 0,
     ) -> None:
         super().__init__()
@@ -60,7 +63,8 @@ class ShapesDataModule(L.LightningDataModule):
         self.world = World(**(world or {}))
         held_out = (
             held_out_combinations(
-                self.world, held_out_fraction, held_out_seed, held_out_split, held_out_count_partners
+                self.world, held_out_fraction, held_out_seed, held_out_split, held_out_count_partners,
+                held_out_count_triples,
             )
             if held_out_fraction > 0
             else None

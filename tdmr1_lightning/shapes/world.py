@@ -46,7 +46,8 @@ the same triple), and either (colour, shape) pairs in any prompt (split ``bindin
 coloured objects named in one prompt (split ``compositions``: every (colour, shape) pair stays in
 training) -- so no training prompt contains any of them. ``count_partners=2`` keeps every count with
 two shapes in training (with 1, a count may be trained with one shape only, which a reward turns into
-a shortcut: "three" comes to mean that shape).
+a shortcut: "three" comes to mean that shape); ``count_triples`` holds out (count, colour, shape)
+triples instead of (count, shape) pairs, every pair of the three trained.
 
 :class:`ShapesDataset` yields freshly drawn ``(image, prompt, metadata)`` triples (deterministic per
 seed and index) for pretraining a teacher, from the training prompts only when given the split.
@@ -783,6 +784,8 @@ class HeldOut:
     color_pair: frozenset = frozenset()
     """Two coloured objects named in one prompt, ``(colour, shape, colour, shape)`` with the two
     ``(colour, shape)`` pairs sorted (color_attr and position prompts)."""
+    count_binding: frozenset = frozenset()
+    """(count, colour, shape) of coloured counting prompts."""
 
     def combinations(self) -> set[tuple]:
         """Every held-out combination, tagged as :func:`prompt_combinations` tags them."""
@@ -792,6 +795,7 @@ class HeldOut:
             | {("pair", *k) for k in self.shape_pair}
             | {("relation", *k) for k in self.relation}
             | {("colors", *k) for k in self.color_pair}
+            | {("counted", *k) for k in self.count_binding}
         )
 
     @classmethod
@@ -806,6 +810,7 @@ class HeldOut:
             "shape_pair": sorted(list(k) for k in self.shape_pair),
             "relation": sorted(list(k) for k in self.relation),
             "color_pair": sorted(list(k) for k in self.color_pair),
+            "count_binding": sorted(list(k) for k in self.count_binding),
         }
 
 
@@ -823,7 +828,7 @@ def prompt_combinations(record: Mapping[str, Any]) -> set[tuple]:
     ``("count", n, shape)`` of a counting prompt, ``("pair", shape, shape)`` (sorted) of a two_object
     prompt, ``("relation", A, rel, B)`` (canonical, rel "left of" or "above") of a position prompt,
     ``("colors", colour, shape, colour, shape)`` (the two pairs sorted) of a prompt with two coloured
-    clauses."""
+    clauses, ``("counted", n, colour, shape)`` of a coloured counting prompt."""
     include = record["include"]
     bindings = [(req["color"], req["class"]) for req in include if "color" in req]
     combos: set[tuple] = {("color", *b) for b in bindings}
@@ -831,6 +836,8 @@ def prompt_combinations(record: Mapping[str, Any]) -> set[tuple]:
     tag = record.get("tag")
     if tag == "counting":
         combos.add(("count", int(include[0]["count"]), include[0]["class"]))
+        if "color" in include[0]:
+            combos.add(("counted", int(include[0]["count"]), include[0]["color"], include[0]["class"]))
     elif tag == "two_object":
         combos.add(("pair", *sorted(req["class"] for req in include)))
     elif tag == "position":
@@ -874,7 +881,12 @@ SPLITS: tuple[str, ...] = ("bindings", "compositions")
 
 
 def held_out_combinations(
-    world: World = World(), fraction: float = 0.25, seed: int = 0, split: str = "bindings", count_partners: int = 1
+    world: World = World(),
+    fraction: float = 0.25,
+    seed: int = 0,
+    split: str = "bindings",
+    count_partners: int = 1,
+    count_triples: bool = False,
 ) -> HeldOut:
     """About ``fraction`` of each kind of combination, chosen by ``seed``, held out for testing.
 
@@ -889,6 +901,11 @@ def held_out_combinations(
     so held-out prompts test composition of known words. ``count_partners`` is how many shapes each
     count keeps in training (at most the world's shapes): with 1, a split may leave "three" with one
     shape alone, and reward on "three squares" then teaches "three" to mean squares; with 2 it cannot.
+    With two counts and three shapes, holding out any (count, shape) pair leaves a shape with one count
+    or a count with one shape. ``count_triples`` holds out (count, colour, shape) triples of coloured
+    counting prompts instead, keeping every (count, shape), (count, colour) and (colour, shape) pair of
+    the counting prompts in training: "three red circles" is held out while "three red squares",
+    "three blue circles" and "two red circles" are trained. The other kinds are the same draw either way.
     """
     if not 0 <= fraction < 1:
         raise ValueError(f"held-out fraction must be in [0, 1), got {fraction}")
@@ -896,6 +913,8 @@ def held_out_combinations(
         raise ValueError(f"unknown held-out split {split!r}; choose one of {', '.join(SPLITS)}")
     if count_partners < 1:
         raise ValueError(f"count_partners must be >= 1, got {count_partners}")
+    if count_triples and not ("counting" in world.tags and "counting" in world.colored_tags):
+        raise ValueError("count_triples needs coloured counting prompts (counting in the world's tags and colored_tags)")
     rng = random.Random(f"shapes-held-out:{seed}")
     shapes = world.shapes
     color_shape = frozenset()
@@ -932,7 +951,17 @@ def held_out_combinations(
         color_pair = _pick(
             rng, candidates, fraction, lambda rest: bindings <= {c[:2] for c in rest} | {c[2:] for c in rest}
         )
-    return HeldOut(color_shape, count_shape, shape_pair, relation, color_pair)
+    count_binding = frozenset()
+    if count_triples:
+        count_shape = frozenset()  # drawn all the same, so that the other kinds do not depend on this choice
+        triples = [(n, c, s) for n in world.counts for c in world.colors for s in shapes]
+        pairs = [(0, 2), (0, 1), (1, 2)]  # (count, shape), (count, colour), (colour, shape)
+        wanted = [{(t[i], t[j]) for t in triples} for i, j in pairs]
+        count_binding = _pick(
+            random.Random(f"shapes-held-out-counted:{seed}"), triples, fraction,
+            lambda rest: all(w <= {(t[i], t[j]) for t in rest} for w, (i, j) in zip(wanted, pairs)),
+        )
+    return HeldOut(color_shape, count_shape, shape_pair, relation, color_pair, count_binding)
 
 
 def split_prompts(
@@ -967,19 +996,21 @@ def make_prompt_sets(
     out_dir: str | Path | None = None,
     split: str = "bindings",
     count_partners: int = 1,
+    count_triples: bool = False,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], HeldOut]:
     """Training and test prompt records of the world, split by held-out combinations.
 
     Training records: the world's tags in turn (record ``i`` has the ``i % T``-th tag that has training
     prompts), each a uniform draw among that tag's training prompts (repeats allowed). Test records:
     distinct held-out prompts, tags in turn (a tag's share ends when its held-out prompts run out).
-    ``split`` and ``count_partners`` choose the held-out combinations (:func:`held_out_combinations`).
+    ``split``, ``count_partners`` and ``count_triples`` choose the held-out combinations
+    (:func:`held_out_combinations`).
     Raises ``ValueError`` if fewer than ``n_test`` distinct held-out prompts exist. With ``out_dir``,
     writes ``train.jsonl``, ``test.jsonl`` and ``world.json`` there. Returns ``(train, test, held_out)``.
     """
     if n_train < 0 or n_test < 0:
         raise ValueError(f"n_train and n_test must be >= 0, got {n_train}, {n_test}")
-    held = held_out_combinations(world, held_out_fraction, seed, split, count_partners)
+    held = held_out_combinations(world, held_out_fraction, seed, split, count_partners, count_triples)
     train_pool, test_pool = split_prompts(enumerate_prompts(world), held)
     if len(test_pool) < n_test:
         counts = Counter(r["tag"] for r in test_pool)
@@ -1012,7 +1043,8 @@ def make_prompt_sets(
         write_jsonl(test, out / "test.jsonl")
         (out / "world.json").write_text(
             json.dumps({"world": world.to_dict(), "held_out": held.to_dict(), "split": split, "seed": seed,
-                        "held_out_fraction": held_out_fraction, "count_partners": count_partners}, indent=2) + "\n",
+                        "held_out_fraction": held_out_fraction, "count_partners": count_partners,
+                        "count_triples": count_triples}, indent=2) + "\n",
             encoding="utf-8",
         )
     return train, test, held
@@ -1166,6 +1198,11 @@ def main(argv: list[str] | None = None) -> int:
         "--count-partners", type=int, default=1, metavar="N",
         help="shapes each count keeps in training: with 1, one count may be trained with one shape only (default: 1)",
     )
+    parser.add_argument(
+        "--count-triples", action="store_true",
+        help="hold out (count, colour, shape) triples of counting prompts, every pair of them trained, instead "
+        "of (count, shape) pairs",
+    )
     defaults = World()
     parser.add_argument("--shapes", nargs="+", default=list(defaults.shapes), choices=SHAPES)
     parser.add_argument("--colors", nargs="+", default=list(defaults.colors), choices=list(PALETTE))
@@ -1183,7 +1220,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         train, test, held = make_prompt_sets(
             world, args.train, args.test, args.seed, args.held_out_fraction, args.out_dir, args.split,
-            args.count_partners,
+            args.count_partners, args.count_triples,
         )
         seen = seen_prompts(train, args.seen_per_tag, args.seed)
     except ValueError as err:

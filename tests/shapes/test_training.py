@@ -30,6 +30,10 @@ def test_data_module_batches_avoid_held_out_combinations():
     two = ShapesDataModule(batch_size=8, steps_per_epoch=4, held_out_fraction=0.3, held_out_split="compositions",
                            held_out_count_partners=2).dataset.held_out
     assert {n for n, _ in two.count_shape} == {2, 3} and {n for n, _ in held.count_shape} == {3}
+    triples = ShapesDataModule(batch_size=8, steps_per_epoch=8, held_out_fraction=0.3, held_out_split="compositions",
+                               held_out_count_triples=True).dataset
+    assert triples.held_out.count_binding and not triples.held_out.count_shape
+    assert not any(is_held_out(triples.record(i), triples.held_out) for i in range(64))
 
 
 def test_registered_reward_scores_rendered_scenes():

@@ -379,6 +379,26 @@ def test_count_partners_keep_every_count_with_two_shapes(seed):
         held_out_combinations(WORLD, 0.3, seed, count_partners=0)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_count_triples_hold_out_counts_whose_every_pair_is_trained(seed):
+    pairs = held_out_combinations(WORLD, 0.3, seed, "compositions")
+    triples = held_out_combinations(WORLD, 0.3, seed, "compositions", count_triples=True)
+    assert not triples.count_shape and len(triples.count_binding) == round(0.3 * 24)
+    assert (triples.color_pair, triples.relation, triples.shape_pair) == (pairs.color_pair, pairs.relation, pairs.shape_pair)
+    train, test, held = make_prompt_sets(WORLD, 1200, 200, seed, 0.3, split="compositions", count_triples=True)
+    assert held == triples
+    counted = lambda r: (r["include"][0]["count"], r["include"][0]["color"], r["include"][0]["class"])  # noqa: E731
+    trained = {counted(r) for r in train if r["tag"] == "counting"}
+    assert trained == {(n, c, s) for n in WORLD.counts for c in WORLD.colors for s in WORLD.shapes} - held.count_binding
+    for i, j in ((0, 2), (0, 1), (1, 2)):  # every pair of count, colour and shape is trained
+        assert {(t[i], t[j]) for t in trained} == {(t[i], t[j]) for t in held.count_binding | trained}
+    assert {counted(r) for r in test if r["tag"] == "counting"} == held.count_binding
+    n, c, shape = sorted(held.count_binding)[0]
+    assert is_held_out(parse_prompt(f"a photo of {['two', 'three'][n - 2]} {c} {shape}s"), held)
+    with pytest.raises(ValueError, match="coloured counting prompts"):
+        held_out_combinations(World(colored_tags=("position",)), 0.3, seed, count_triples=True)
+
+
 def test_split_prompts_and_limits():
     held = held_out_combinations(WORLD, 0.25, seed=0)
     train, test = split_prompts(enumerate_prompts(WORLD), held)
@@ -425,6 +445,10 @@ def test_cli(tmp_path, capsys):
                  "--count-partners", "2", "--preview", "0"]) == 0
     info = json.loads((tmp_path / "world.json").read_text())
     assert info["count_partners"] == 2 and sorted(n for n, _ in info["held_out"]["count_shape"]) == [2, 3]
+    assert main(["--out-dir", str(tmp_path), "--test", "200", "--split", "compositions", "--held-out-fraction", "0.3",
+                 "--count-triples", "--preview", "0"]) == 0
+    info = json.loads((tmp_path / "world.json").read_text())
+    assert info["count_triples"] and len(info["held_out"]["count_binding"]) == 7 and not info["held_out"]["count_shape"]
     with pytest.raises(SystemExit):
         main(["--out-dir", str(tmp_path), "--colors", "red", "white"])
 
