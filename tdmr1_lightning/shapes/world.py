@@ -900,9 +900,10 @@ def held_out_combinations(
     Every colour, shape, count and (for compositions) (colour, shape) pair keeps a training partner,
     so held-out prompts test composition of known words. ``count_partners`` is how many shapes each
     count keeps in training (at most the world's shapes): with 1, a split may leave "three" with one
-    shape alone, and reward on "three squares" then teaches "three" to mean squares; with 2 it cannot.
-    With two counts and three shapes, holding out any (count, shape) pair leaves a shape with one count
-    or a count with one shape. ``count_triples`` holds out (count, colour, shape) triples of coloured
+    shape alone, and reward on "three squares" then teaches "three" to mean squares. With two counts
+    and three shapes, holding out any (count, shape) pair leaves a count with one shape or a shape with
+    one count, and a model trained on it learns that instead (docs/shapes.md, "Holding out counts").
+    ``count_triples`` holds out (count, colour, shape) triples of coloured
     counting prompts instead, keeping every (count, shape), (count, colour) and (colour, shape) pair of
     the counting prompts in training: "three red circles" is held out while "three red squares",
     "three blue circles" and "two red circles" are trained. The other kinds are the same draw either way.
