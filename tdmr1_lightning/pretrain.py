@@ -23,6 +23,9 @@ from .sampler import sample_trajectory
 from .schedule import step_boundaries, time_shift
 
 
+_TRAINED = "backbone.roles.base."  # the state a pretraining checkpoint holds
+
+
 def _adamw(params):
     return torch.optim.AdamW(params, lr=6e-4, betas=(0.9, 0.99), weight_decay=0.0)
 
@@ -74,7 +77,15 @@ class FlowMatchingModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Only the trained transformer: text encoders (and a VAE) are frozen and come from the pipeline folder.
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("backbone.roles.base.")}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(_TRAINED)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Resuming (``--ckpt_path``) loads strictly: the frozen parts the checkpoint left out are this
+        # module's own (from the pipeline folder), while a missing transformer weight still fails.
+        state = checkpoint["state_dict"]
+        for k, v in self.state_dict().items():
+            if not k.startswith(_TRAINED):
+                state.setdefault(k, v)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         hp = self.hparams
@@ -148,7 +159,7 @@ def export_checkpoint(config: str, checkpoint: str, out: str, overrides: list[st
         raise ValueError(f"{config} does not configure a FlowMatchingModule (model.class_path)")
     module.configure_model()
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-    missing = set(k for k in module.state_dict() if k.startswith("backbone.roles.base.")) - set(state)
+    missing = set(k for k in module.state_dict() if k.startswith(_TRAINED)) - set(state)
     if missing:
         raise ValueError(f"checkpoint {checkpoint} lacks {len(missing)} transformer weights, e.g. {sorted(missing)[:3]}")
     module.load_state_dict(state, strict=False)

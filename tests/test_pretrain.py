@@ -79,3 +79,39 @@ def test_export_from_a_checkpoint(tmp_path, monkeypatch):
         x = torch.randn(2, 3, 32, 32)
         c = exported.encode_prompts(["a photo of a red circle", ""])
         assert torch.isfinite(exported.velocity(TEACHER, x, 0.5, c)).all()
+
+
+def test_training_resumes_from_a_checkpoint(tmp_path):
+    """``--ckpt_path`` resumes a run (EMA as in the shipped teacher config) from a transformer-only checkpoint."""
+    import pytest
+    from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+
+    path = build_tiny_sd3(tmp_path / "pixel", resolution=16, pixel_space=True)
+
+    def run(max_steps, ckpt_path=None):
+        torch.manual_seed(0)
+        module = FlowMatchingModule(
+            PixelSD3Backbone(str(path), resolution=16, max_sequence_length=8),
+            optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3), null_prompt_probability=0.0, log_images_every_n_steps=0,
+        )
+        trainer = L.Trainer(
+            max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+            default_root_dir=tmp_path, callbacks=[EMAWeightAveraging(decay=0.9), ModelCheckpoint(tmp_path / "ckpt", save_last=True)],
+        )
+        trainer.fit(module, DataLoader(_batches(max_steps), batch_size=None), ckpt_path=ckpt_path)
+        return trainer, module
+
+    _, first = run(4)
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
+    before = {k: v.clone() for k, v in first.backbone.roles.base.state_dict().items()}
+    trainer, resumed = run(8, tmp_path / "ckpt" / "last.ckpt")
+    assert trainer.global_step == 8
+    after = resumed.backbone.roles.base.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained on, from the saved state
+
+    # a checkpoint that lost a transformer weight still fails to resume
+    key = next(k for k in saved["state_dict"] if k.startswith("backbone.roles.base."))
+    del saved["state_dict"][key]
+    torch.save(saved, tmp_path / "broken.ckpt")
+    with pytest.raises(RuntimeError, match="Missing key"):
+        run(8, tmp_path / "broken.ckpt")
