@@ -104,6 +104,12 @@ def test_training_resumes_from_a_checkpoint(tmp_path):
     _, first = run(4)
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
     before = {k: v.clone() for k, v in first.backbone.roles.base.state_dict().items()}
+    # resumed at its end: the current weights and the EMA (the checkpoint's state_dict) are the saved ones
+    trainer, ended = run(4, tmp_path / "ckpt" / "last.ckpt")
+    ema = next(c for c in trainer.callbacks if isinstance(c, EMAWeightAveraging))._average_model.module
+    assert any(not torch.equal(v, saved["current_model_state"][k]) for k, v in saved["state_dict"].items())
+    for k, v in saved["state_dict"].items():
+        assert torch.equal(ended.state_dict()[k], saved["current_model_state"][k]) and torch.equal(ema.state_dict()[k], v)
     trainer, resumed = run(8, tmp_path / "ckpt" / "last.ckpt")
     assert trainer.global_step == 8
     after = resumed.backbone.roles.base.state_dict()
