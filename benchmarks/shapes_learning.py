@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images-per-prompt", type=int, default=4)
     parser.add_argument("--config", type=Path, default=CONFIG,
                         help="a TDM-R1 config with a shapes_geneval reward (default: configs/shapes/tdmr1.yaml)")
+    parser.add_argument("--tags", nargs="+", default=[], help="only prompts of these tags (default: every tag)")
     args = parser.parse_args(argv)
     gains = []
     for seed in args.seeds:
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             start, end = reward_before_and_after(
                 Path(tmp), seed, args.num_prompts, args.prompts_per_step, args.epochs, args.images_per_prompt, extra,
-                args.config,
+                args.config, tuple(args.tags),
             )
         gains.append(end - start)
         print(f"seed {seed}: mean soft score {start:.4f} -> {end:.4f}, gain {end - start:+.4f} "

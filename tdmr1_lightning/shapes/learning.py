@@ -19,11 +19,14 @@ CONFIG = ROOT / "configs" / "shapes" / "tdmr1.yaml"
 TRAIN_PROMPTS = ROOT / "configs" / "prompts" / "shapes" / "train.jsonl"
 
 
-def fixed_prompts(path: Path, n: int, train_prompts: Path = TRAIN_PROMPTS) -> Path:
-    """Write the first ``n`` distinct prompts of a training file (the shipped one cycles through the tags) to ``path``."""
+def fixed_prompts(path: Path, n: int, train_prompts: Path = TRAIN_PROMPTS, tags: tuple[str, ...] = ()) -> Path:
+    """Write the first ``n`` distinct prompts of a training file (the shipped one cycles through the tags) to
+    ``path``; with ``tags``, only prompts of those tags."""
     seen: dict[str, dict] = {}
     for line in Path(train_prompts).read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
+        if tags and record["tag"] not in tags:
+            continue
         seen.setdefault(record["prompt"], record)
         if len(seen) == n:
             break
@@ -56,20 +59,22 @@ def reward_before_and_after(
     images_per_prompt: int = 4,
     overrides: list[str] | tuple[str, ...] = (),
     config: Path = CONFIG,
+    tags: tuple[str, ...] = (),
 ) -> tuple[float, float]:
     """``(mean soft score before, after)`` of one seeded run in ``workdir`` (no logger, no checkpoints).
 
     ``seed`` is the run's ``seed_everything``: its rollout noise, drawn levels and prompt order.
     ``overrides`` go to the config parser after the run's own settings, e.g. ``["--model.beta=5"]``.
     ``config`` is a TDM-R1 config with a ``shapes_geneval`` training reward (the quick start's by
-    default); the prompts are the first ``num_prompts`` of its training file, scored in its world.
+    default); the prompts are the first ``num_prompts`` of its training file (of ``tags`` only, if
+    given), scored in its world.
     """
     from ..cli import build_cli
     from ..evaluate import EvaluateOnFit
 
     workdir = Path(workdir)
     train_prompts, world = _prompts_and_world(config)
-    prompts = fixed_prompts(workdir / "prompts.jsonl", num_prompts, train_prompts)
+    prompts = fixed_prompts(workdir / "prompts.jsonl", num_prompts, train_prompts, tuple(tags))
     evaluation = EvaluateOnFit(
         str(prompts), rewards=[{"name": "shapes_geneval", "init_args": {"mode": "soft", "world": world}}],
         images_per_prompt=images_per_prompt, teacher_steps=None, out_dir=str(workdir / "eval"),

@@ -38,6 +38,8 @@ def test_the_measurement_reads_its_prompts_and_world_from_the_config(tmp_path):
     assert _prompts_and_world(config) == (TRAIN_PROMPTS, {"grid": 2})
     lines = fixed_prompts(tmp_path / "p.jsonl", 5, train).read_text().splitlines()
     assert len(lines) == len(set(lines)) == 5
+    tagged = fixed_prompts(tmp_path / "t.jsonl", 5, train, tags=("color_attr",)).read_text().splitlines()
+    assert len(set(tagged)) == 5 and all('"color_attr"' in line for line in tagged)
     config.write_text(f"data: {{train_prompts: {TRAIN_PROMPTS}}}\nmodel: {{rewards: [{{name: ocr}}]}}\n")
     with pytest.raises(ValueError, match="no shapes_geneval reward"):
         _prompts_and_world(config)
