@@ -8,10 +8,10 @@ Prints one line a seed and the mean gain with its spread; extra arguments go to 
 (e.g. ``--model.beta=5``), so settings can be compared in one run of this script.
 
     python benchmarks/shapes_learning.py --seeds 0 1 2
-    python benchmarks/shapes_learning.py --seeds 0 1 -- --model.reward_weight=0
+    python benchmarks/shapes_learning.py --seeds 0 1 2 -- --model.reward_weight=0
 
-The learning test (tests/shapes/test_learning.py) runs the same measurement with a margin chosen from
-these runs; docs/shapes.md has the figures.
+The defaults are the learning test's settings (tests/shapes/test_learning.py: one seed, a margin chosen
+from these runs; docs/shapes.md has the figures).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--num-prompts", type=int, default=16)
-    parser.add_argument("--prompts-per-step", type=int, default=4)
+    parser.add_argument("--num-prompts", type=int, default=160)
+    parser.add_argument("--prompts-per-step", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--images-per-prompt", type=int, default=4)
     parser.add_argument("--config", type=Path, default=CONFIG,

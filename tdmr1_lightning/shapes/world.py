@@ -54,8 +54,8 @@ seed and index) for pretraining a teacher, from the training prompts only when g
 
 CLI::
 
-    python -m tdmr1_lightning.shapes.world --out-dir data/shapes --train 5000 --test 230 --seed 0 \
-        --split compositions --held-out-fraction 0.3
+    python -m tdmr1_lightning.shapes.world --out-dir data/shapes --train 5000 --test 229 --seed 0 \
+        --split compositions --held-out-fraction 0.3 --count-triples
 
 writes ``train.jsonl``, ``test.jsonl`` (GenEval records, readable by the data module and by
 :func:`tdmr1_rewards.geneval_prompts.load_geneval_metadata`), ``world.json`` (the world and its

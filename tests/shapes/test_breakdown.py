@@ -45,11 +45,11 @@ def _scenes() -> list[tuple[dict, list, str]]:
     swapped = [dataclasses.replace(a, left=b.left, top=b.top), dataclasses.replace(b, left=a.left, top=a.top)]
     other = next(c for c in WORLD.colors if c != a.color)
     recoloured = [dataclasses.replace(a, color=other), b]
-    three = scene_for(count, 1, WORLD)
+    asked = scene_for(count, 1, WORLD)
     free = next(
-        (r, c) for r in range(2) for c in range(2) if all((o.top // 16, o.left // 16) != (r, c) for o in three)
+        (r, c) for r in range(2) for c in range(2) if all((o.top // 16, o.left // 16) != (r, c) for o in asked)
     )
-    fourth = dataclasses.replace(three[0], left=free[1] * 16 + 3, top=free[0] * 16 + 3)
+    fourth = dataclasses.replace(asked[0], left=free[1] * 16 + 3, top=free[0] * 16 + 3)
     return [
         (position, right, "correct"),
         (position, swapped, "wrong relation"),
@@ -57,8 +57,8 @@ def _scenes() -> list[tuple[dict, list, str]]:
         (position, [a], "missing object"),
         (pair, scene_for(pair, 2, WORLD), "correct"),
         (pair, [scene_for(pair, 3, WORLD)[0]], "missing object"),
-        (count, three, "correct"),
-        (count, [*three, fourth], "extra object"),
+        (count, asked, "correct"),
+        (count, [*asked, fourth], "extra object"),
     ]
 
 
@@ -90,7 +90,7 @@ def test_failure_kinds_of_the_scorers_own_reasons(scored):
 def test_held_out_kinds_of_shipped_prompts():
     kinds = {held_out_kinds(r, HELD) for r in RECORDS}
     assert () not in kinds  # every test prompt holds a held-out combination
-    assert {("colors",), ("relation",), ("count",), ("pair",), ("colors", "relation")} <= kinds
+    assert {("colors",), ("relation",), ("counted",), ("pair",), ("colors", "relation")} <= kinds  # count triples held out
     train = load_prompts(PROMPTS.parent / "train.jsonl")
     assert all(held_out_kinds(r, HELD) == () for r in train)
 
@@ -143,11 +143,11 @@ def test_cli_prints_both_tables_and_names_bad_input(scored, tmp_path, capsys):
 
 
 def test_drawn_outcome_by_shape_and_number():
-    three = {"tag": "counting", "include": [{"class": "circle", "count": 3}]}
-    assert drawn_outcome(three, ["circle"] * 3) == "as asked"
-    assert drawn_outcome(three, ["circle", "square", "circle"]) == "a wrong shape"
-    assert drawn_outcome(three, ["circle"] * 2) == "too few objects"
-    assert drawn_outcome(three, ["circle"] * 4) == "too many objects"
+    asked = {"tag": "counting", "include": [{"class": "circle", "count": 3}]}
+    assert drawn_outcome(asked, ["circle"] * 3) == "as asked"
+    assert drawn_outcome(asked, ["circle", "square", "circle"]) == "a wrong shape"
+    assert drawn_outcome(asked, ["circle"] * 2) == "too few objects"
+    assert drawn_outcome(asked, ["circle"] * 4) == "too many objects"
     pair = {"tag": "position", "include": [{"class": "square", "count": 1}, {"class": "circle", "count": 1}]}
     assert drawn_outcome(pair, ["circle", "square"]) == "as asked"
     assert drawn_outcome(pair, ["circle", "circle"]) == "a wrong shape"
@@ -166,13 +166,13 @@ def _save(folder: Path, index: int, record: dict, scenes: list) -> None:
 def test_shapes_drawn_read_back_from_saved_images(scored, tmp_path, capsys):
     cases, samples = scored
     count = next(r for r, _, _ in cases if r["tag"] == "counting")
-    three = scene_for(count, 1, WORLD)
-    other = next(s for s in WORLD.shapes if s != three[0].shape)
-    wrong = [dataclasses.replace(three[0], shape=other), *three[1:]]
+    asked = scene_for(count, 1, WORLD)
+    other = next(s for s in WORLD.shapes if s != asked[0].shape)
+    wrong = [dataclasses.replace(asked[0], shape=other), *asked[1:]]
     extra = next(s for r, s, why in cases if r["tag"] == "counting" and why == "extra object")
     position = next(r for r, _, _ in cases if r["tag"] == "position")
     run = tmp_path / "run"
-    _save(run, 0, count, [three, wrong, three[:2], extra])
+    _save(run, 0, count, [asked, wrong, asked[:-1], extra])  # one object fewer than asked
     _save(run, 1, position, [scene_for(position, 0, WORLD)])
     assert drawn_by_tag(run, ShapesDetector(WORLD)) == {
         "counting": {

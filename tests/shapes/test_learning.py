@@ -3,17 +3,18 @@
 The run is :func:`tdmr1_lightning.shapes.learning.reward_before_and_after` (the quick start's config
 on a fixed prompt set); ``python benchmarks/shapes_learning.py`` repeats it over seeds. The margin
 comes from those repeated runs with the shipped files (docs/shapes.md, "Does TDM-R1 learn here?"):
-seeds 0, 1, 2 gained +0.055, +0.066, +0.078; without the reward term (``--model.reward_weight=0``,
-the TDM part alone) +0.032, +0.045, +0.010. The test runs seed 2, the seed whose gain depends most
-on the reward, and asks for more than the largest gain without the reward in any seed.
+seeds 0, 1, 2 gained +0.042, +0.044, +0.041; without the reward term (``--model.reward_weight=0``,
+the TDM part alone) -0.004, -0.008, -0.015. The test runs seed 2, the seed whose gain depends most
+on the reward, and asks for a gain above 0.02: halfway between the largest gain without the reward
+in any seed and the smallest with it.
 """
 
 import pytest
 
 from tdmr1_lightning.shapes.learning import reward_before_and_after
 
-NUM_PROMPTS, PROMPTS_PER_STEP, EPOCHS, IMAGES_PER_PROMPT = 80, 8, 2, 2  # 20 updates of 64 samples
-SEED, MARGIN = 2, 0.05
+NUM_PROMPTS, PROMPTS_PER_STEP, EPOCHS, IMAGES_PER_PROMPT = 160, 8, 2, 4  # 40 updates of 64 samples
+SEED, MARGIN = 2, 0.02
 
 
 @pytest.mark.slow
