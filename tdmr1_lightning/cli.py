@@ -62,13 +62,14 @@ def rewards_command(args: list[str]) -> int:
 
 def main(args: list[str] | None = None) -> int | None:
     """Entry point of the ``tdmr1`` console script."""
-    args = sys.argv[1:] if args is None else args
-    if args[:1] == ["rewards"]:
-        return rewards_command(args[1:])
-    if args[:1] == ["evaluate"]:
+    argv = sys.argv[1:] if args is None else args
+    if argv[:1] == ["rewards"]:
+        return rewards_command(argv[1:])
+    if argv[:1] == ["evaluate"]:
         from .evaluate import main as evaluate_main
 
-        return evaluate_main(args[1:])
+        return evaluate_main(argv[1:])
+    # From the console script, LightningCLI reads sys.argv itself; passing it again as ``args`` makes it warn.
     build_cli(args)
     return None
 

@@ -97,6 +97,17 @@ def test_tdmr1_dispatches_evaluate(capsys):
     assert exit_info.value.code == 0 and "usage: tdmr1 evaluate" in capsys.readouterr().out
 
 
+def test_console_script_parses_the_command_line_without_warnings(monkeypatch, capsys, recwarn):
+    from tdmr1_lightning.cli import main
+
+    monkeypatch.setattr("sys.argv", ["tdmr1", "fit", "--config", "configs/tiny.yaml", "--print_config"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code in (0, None)
+    assert "num_steps: 4" in capsys.readouterr().out
+    assert not [w for w in recwarn if "args" in str(w.message)], [str(w.message) for w in recwarn]
+
+
 def test_shapes_configs_use_the_shipped_models_and_the_world_vocabulary():
     import yaml
 
