@@ -218,6 +218,48 @@ class GroupedPromptSampler(DistributedSampler):
         return self.num_samples
 
 
+class ResumablePromptLoader(DataLoader):
+    """The training DataLoader, resumable in the middle of an epoch.
+
+    Lightning saves :meth:`state_dict` in every checkpoint and hands it back to
+    :meth:`load_state_dict` on ``--ckpt_path``; without it, a run resumed mid-epoch
+    would start that epoch's prompt order again from its first step. The state is
+    the epoch (the sampler's) and how many batches of it were handed out; the next
+    iteration of that epoch skips them (the prompt order is a pure function of the
+    seed and the epoch, so skipping reproduces the uninterrupted run). Batches are
+    counted as they are handed out: Lightning does not prefetch a loader with a
+    length, so at a checkpoint every batch handed out has been trained on.
+    """
+
+    _resume_at: tuple[int, int] | None = None
+    _position: tuple[int, int] | None = None
+
+    def _epoch(self) -> int:
+        return int(getattr(self.sampler, "epoch", 0))
+
+    def __iter__(self) -> Iterator[Any]:
+        # A generator: this body runs at the first ``next``, after Lightning's ``set_epoch`` for the epoch.
+        epoch, resume = self._epoch(), self._resume_at
+        self._resume_at = None
+        skip = resume[1] if resume is not None and resume[0] == epoch else 0
+        self._position = (epoch, skip)
+        for i, batch in enumerate(super().__iter__()):
+            if i < skip:
+                continue
+            self._position = (epoch, i + 1)
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        epoch, batches = self._position if self._position is not None else (self._epoch(), 0)
+        return {"epoch": epoch, "batches": batches}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        missing = {"epoch", "batches"} - set(state_dict)
+        if missing:
+            raise ValueError(f"the checkpoint's training-loader state lacks {sorted(missing)}: got {state_dict!r}")
+        self._resume_at = (int(state_dict["epoch"]), int(state_dict["batches"]))
+
+
 def collate_groups(records: list[dict[str, Any]], group_size: int) -> dict[str, Any]:
     """Repeat each prompt record ``group_size`` times, contiguously.
 
@@ -345,7 +387,7 @@ class PromptDataModule(lightning.LightningDataModule):
             shuffle=self.shuffle,
             seed=self.shuffle_seed,
         )
-        return DataLoader(
+        return ResumablePromptLoader(
             sampler.dataset,
             batch_size=self.prompts_per_step_local,
             sampler=sampler,

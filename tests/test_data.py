@@ -240,6 +240,42 @@ def test_datamodule_with_fake_trainer_rank(tmp_path: Path) -> None:
     assert rank1 == list(expected)
 
 
+def test_train_loader_resumes_mid_epoch_where_it_stopped(tmp_path: Path) -> None:
+    train = _prompt_file(tmp_path, 10)
+
+    def loader():
+        dm = PromptDataModule(str(train), prompts_per_step=2, group_size=1, shuffle_seed=3)
+        dm.setup("fit")
+        return dm.train_dataloader()
+
+    def order(batches):
+        return [b["prompt_index"].tolist() for b in batches]
+
+    straight = loader()
+    straight.sampler.set_epoch(1)
+    expected = order(straight)  # 5 steps of epoch 1
+    first = loader()
+    first.sampler.set_epoch(1)
+    it = iter(first)
+    seen = order([next(it), next(it)])
+    state = first.state_dict()
+    assert state == {"epoch": 1, "batches": 2}
+    resumed = loader()
+    resumed.load_state_dict(state)
+    resumed.sampler.set_epoch(1)  # Lightning sets the epoch before the first batch
+    assert seen + order(resumed) == expected
+    assert resumed.state_dict() == {"epoch": 1, "batches": 5}
+    # the skip is for that epoch, once: the next epoch (and the one after a finished epoch) starts at its first step
+    resumed.sampler.set_epoch(2)
+    assert len(order(resumed)) == 5
+    after_end = loader()
+    after_end.load_state_dict({"epoch": 1, "batches": 5})
+    after_end.sampler.set_epoch(2)
+    assert len(order(after_end)) == 5
+    with pytest.raises(ValueError, match="lacks"):
+        after_end.load_state_dict({"epoch": 1})
+
+
 def test_datamodule_val_loader(tmp_path: Path) -> None:
     train = _prompt_file(tmp_path, 4)
     val = _write(tmp_path / "val.jsonl", "".join(json.dumps({"prompt": f"v{i}", "id": i}) + "\n" for i in range(5)))

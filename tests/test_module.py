@@ -1,5 +1,6 @@
 """End-to-end `tdmr1 fit` on the tiny config, in process: what trains, what stays frozen, step counting."""
 
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -134,6 +135,24 @@ def test_resume_from_a_checkpoint_continues_exactly(tmp_path, tiny_sd3_path):
     resumed = build_cli(tiny_args(tmp_path / "resumed", tiny_sd3_path, "--trainer.logger=false", "--trainer.max_steps=4"), run=False)
     resumed.trainer.fit(resumed.model, resumed.datamodule, ckpt_path=str(ckpt))
     assert resumed.trainer.global_step == 4
+    for role in [GENERATOR, FAKE, SURROGATE, GENERATOR_EMA, SURROGATE_OLD]:
+        a, b = straight.model.backbone.roles.parameters_of(role), resumed.model.backbone.roles.parameters_of(role)
+        assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a, b)), role
+
+
+def test_resume_in_the_middle_of_an_epoch_continues_exactly(tmp_path, tiny_sd3_path):
+    # 2 prompts a step: 4 steps an epoch; the step-2 checkpoint is mid-epoch, and the run goes on past the epoch's end
+    args = ("--trainer.logger=false", "--data.prompts_per_step=2")
+    straight = build_cli(tiny_args(tmp_path / "straight", tiny_sd3_path, *args, "--trainer.max_steps=6"), run=False)
+    straight.trainer.fit(straight.model, straight.datamodule)
+    first = build_cli(tiny_args(tmp_path / "first", tiny_sd3_path, *args, "--trainer.max_steps=2"), run=False)
+    first.trainer.fit(first.model, first.datamodule)
+    ckpt = next((tmp_path / "first").rglob("last.ckpt"))
+    resumed = build_cli(tiny_args(tmp_path / "resumed", tiny_sd3_path, *args, "--trainer.max_steps=6"), run=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*dataloader is not resumable.*")
+        resumed.trainer.fit(resumed.model, resumed.datamodule, ckpt_path=str(ckpt))
+    assert resumed.trainer.global_step == 6 and resumed.trainer.current_epoch == straight.trainer.current_epoch
     for role in [GENERATOR, FAKE, SURROGATE, GENERATOR_EMA, SURROGATE_OLD]:
         a, b = straight.model.backbone.roles.parameters_of(role), resumed.model.backbone.roles.parameters_of(role)
         assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a, b)), role
