@@ -125,34 +125,28 @@ def test_non_finite_loss_skips_then_stops(tmp_path, tiny_sd3_path, monkeypatch):
         cli.trainer.fit(cli.model, cli.datamodule)
 
 
-def test_resume_from_a_checkpoint_continues_exactly(tmp_path, tiny_sd3_path):
-    # the tiny config saves every 2 updates: one epoch of 8 prompts, 4 a step
-    straight = build_cli(tiny_args(tmp_path / "straight", tiny_sd3_path, "--trainer.logger=false", "--trainer.max_steps=4"), run=False)
+@pytest.mark.parametrize(
+    "prompts_per_step, max_steps",
+    # the tiny config saves every 2 updates and has 8 prompts: with 4 a step the step-2 checkpoint ends epoch 0;
+    # with 2 a step (4 steps an epoch) it is mid-epoch, and the run goes on past the epoch's end
+    [(4, 4), (2, 6)],
+    ids=["end_of_epoch", "mid_epoch"],
+)
+def test_resume_from_a_checkpoint_continues_exactly(tmp_path, tiny_sd3_path, prompts_per_step, max_steps):
+    def cli(name, steps):
+        args = ("--trainer.logger=false", f"--data.prompts_per_step={prompts_per_step}", f"--trainer.max_steps={steps}")
+        return build_cli(tiny_args(tmp_path / name, tiny_sd3_path, *args), run=False)
+
+    straight = cli("straight", max_steps)
     straight.trainer.fit(straight.model, straight.datamodule)
-    first = build_cli(tiny_args(tmp_path / "first", tiny_sd3_path, "--trainer.logger=false", "--trainer.max_steps=2"), run=False)
+    first = cli("first", 2)
     first.trainer.fit(first.model, first.datamodule)
     ckpt = next((tmp_path / "first").rglob("last.ckpt"))
-    resumed = build_cli(tiny_args(tmp_path / "resumed", tiny_sd3_path, "--trainer.logger=false", "--trainer.max_steps=4"), run=False)
-    resumed.trainer.fit(resumed.model, resumed.datamodule, ckpt_path=str(ckpt))
-    assert resumed.trainer.global_step == 4
-    for role in [GENERATOR, FAKE, SURROGATE, GENERATOR_EMA, SURROGATE_OLD]:
-        a, b = straight.model.backbone.roles.parameters_of(role), resumed.model.backbone.roles.parameters_of(role)
-        assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a, b)), role
-
-
-def test_resume_in_the_middle_of_an_epoch_continues_exactly(tmp_path, tiny_sd3_path):
-    # 2 prompts a step: 4 steps an epoch; the step-2 checkpoint is mid-epoch, and the run goes on past the epoch's end
-    args = ("--trainer.logger=false", "--data.prompts_per_step=2")
-    straight = build_cli(tiny_args(tmp_path / "straight", tiny_sd3_path, *args, "--trainer.max_steps=6"), run=False)
-    straight.trainer.fit(straight.model, straight.datamodule)
-    first = build_cli(tiny_args(tmp_path / "first", tiny_sd3_path, *args, "--trainer.max_steps=2"), run=False)
-    first.trainer.fit(first.model, first.datamodule)
-    ckpt = next((tmp_path / "first").rglob("last.ckpt"))
-    resumed = build_cli(tiny_args(tmp_path / "resumed", tiny_sd3_path, *args, "--trainer.max_steps=6"), run=False)
+    resumed = cli("resumed", max_steps)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*dataloader is not resumable.*")
         resumed.trainer.fit(resumed.model, resumed.datamodule, ckpt_path=str(ckpt))
-    assert resumed.trainer.global_step == 6 and resumed.trainer.current_epoch == straight.trainer.current_epoch
+    assert resumed.trainer.global_step == max_steps and resumed.trainer.current_epoch == straight.trainer.current_epoch
     for role in [GENERATOR, FAKE, SURROGATE, GENERATOR_EMA, SURROGATE_OLD]:
         a, b = straight.model.backbone.roles.parameters_of(role), resumed.model.backbone.roles.parameters_of(role)
         assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a, b)), role
