@@ -28,7 +28,9 @@ __all__ = [
     "PromptDataModule",
     "PromptDataset",
     "PromptFileError",
+    "ResumableLoader",
     "collate_groups",
+    "keyed_generator",
     "load_prompts",
     "split_records",
 ]
@@ -44,6 +46,12 @@ def run_seed(seed: int | None) -> int:
     if seed is not None:
         return int(seed)
     return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
+def keyed_generator(*key: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator seeded by a tuple of ints (e.g. seed, process, step): each key draws its own
+    reproducible stream, whatever was drawn before, so a resumed run draws what an uninterrupted one would."""
+    return torch.Generator(device).manual_seed(hash(key) % (2**62))
 
 
 class PromptFileError(ValueError):
@@ -218,17 +226,19 @@ class GroupedPromptSampler(DistributedSampler):
         return self.num_samples
 
 
-class ResumablePromptLoader(DataLoader):
-    """The training DataLoader, resumable in the middle of an epoch.
+class ResumableLoader(DataLoader):
+    """A training DataLoader, resumable in the middle of an epoch.
 
     Lightning saves :meth:`state_dict` in every checkpoint and hands it back to
     :meth:`load_state_dict` on ``--ckpt_path``; without it, a run resumed mid-epoch
-    would start that epoch's prompt order again from its first step. The state is
-    the epoch (the sampler's) and how many batches of it were handed out; the next
-    iteration of that epoch skips them (the prompt order is a pure function of the
-    seed and the epoch, so skipping reproduces the uninterrupted run). Batches are
-    counted as they are handed out: Lightning does not prefetch a loader with a
-    length, so at a checkpoint every batch handed out has been trained on.
+    would start that epoch's order again from its first batch. The state is the
+    epoch (the sampler's) and how many batches of it were handed out; the next
+    iteration of that epoch skips them. The sampler's order must be a pure function
+    of its seed and epoch (:class:`GroupedPromptSampler`, ``DistributedSampler``;
+    Lightning calls their ``set_epoch``), so skipping reproduces the uninterrupted
+    run. Batches are counted as they are handed out: Lightning does not prefetch a
+    loader with a length, so at a checkpoint every batch handed out has been trained on.
+    Skipped batches are still loaded (prompts, or scenes rendered in microseconds).
     """
 
     _resume_at: tuple[int, int] | None = None
@@ -387,7 +397,7 @@ class PromptDataModule(lightning.LightningDataModule):
             shuffle=self.shuffle,
             seed=self.shuffle_seed,
         )
-        return ResumablePromptLoader(
+        return ResumableLoader(
             sampler.dataset,
             batch_size=self.prompts_per_step_local,
             sampler=sampler,

@@ -38,7 +38,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from .data import ALL_TAG, UNTAGGED, split_records
+from .data import ALL_TAG, UNTAGGED, keyed_generator, split_records
 
 __all__ = [
     "EvaluateOnFit",
@@ -291,7 +291,7 @@ def format_comparison(rows: Sequence[tuple[str, dict[str, Any]]], title: str | N
 
 def sample_noise(shape: Sequence[int], seed: int, prompt_index: int, image_index: int) -> Tensor:
     """One sample's initial noise, from ``(seed, prompt index, image index)`` on the CPU."""
-    generator = torch.Generator().manual_seed(hash((seed, prompt_index, image_index)) % (2**62))
+    generator = keyed_generator(seed, prompt_index, image_index)
     return torch.randn(tuple(shape), generator=generator)
 
 

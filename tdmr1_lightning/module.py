@@ -35,7 +35,7 @@ from .backbones.base import (
     Condition,
     RectifiedFlowBackbone,
 )
-from .data import run_seed, split_records
+from .data import keyed_generator, run_seed, split_records
 from .image_logging import log_image_grid
 from .registry import RewardSpec
 from .reward import WeightedRewards
@@ -264,8 +264,7 @@ class TDMR1Module(L.LightningModule):
 
     def _noise_generator(self, step: int, salt: int = 0) -> torch.Generator:
         rank = self.global_rank if self._trainer is not None else 0
-        seed = hash((self.hparams.noise_seed, rank, step, salt)) % (2**62)
-        return torch.Generator(self.device).manual_seed(seed)
+        return keyed_generator(self.hparams.noise_seed, rank, step, salt, device=self.device)
 
     @torch.no_grad()
     def rollout(self, cond: Condition, role: str = GENERATOR, generator: torch.Generator | None = None) -> Tensor:
@@ -324,7 +323,7 @@ class TDMR1Module(L.LightningModule):
 
         mbs = hp.micro_batch_size
         micro_batches = [slice(i, i + mbs) for i in range(0, n, mbs)]
-        levels = torch.Generator().manual_seed(hash((hp.noise_seed, step, -1)) % (2**62))  # same on every process
+        levels = keyed_generator(hp.noise_seed, step, -1)  # same on every process
         noise = self._noise_generator(step, salt=1)
         # (micro-batch, generator boundary j, surrogate boundary j') for every update, drawn up front.
         weights = torch.arange(1, hp.num_steps + 1, dtype=torch.float)

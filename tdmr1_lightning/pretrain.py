@@ -18,6 +18,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
 from .backbones.base import TEACHER, RectifiedFlowBackbone
+from .data import keyed_generator, run_seed
 from .image_logging import image_logger_ready, log_image_grid
 from .sampler import sample_trajectory
 from .schedule import step_boundaries, time_shift
@@ -44,6 +45,9 @@ class FlowMatchingModule(L.LightningModule):
         guidance_scale: Classifier-free guidance of those samples.
         log_images_every_n_steps: Log a grid of samples every this many steps (0: never).
         export_dir: Where to write the trained pipeline (a ``from_pretrained`` folder) at the end of training.
+        noise_seed: Seed of the training draws (prompt dropout, levels, noise), drawn afresh from
+            ``(noise_seed, process, step)`` at every step so that a resumed run draws what the
+            uninterrupted one would; ``None``: the run's global seed (``seed_everything``).
     """
 
     def __init__(
@@ -56,11 +60,13 @@ class FlowMatchingModule(L.LightningModule):
         guidance_scale: float = 4.5,
         log_images_every_n_steps: int = 500,
         export_dir: str | None = None,
+        noise_seed: int | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= null_prompt_probability < 1.0:
             raise ValueError(f"null_prompt_probability must be in [0, 1), got {null_prompt_probability}")
         self.save_hyperparameters(ignore=["backbone", "optimizer"])
+        self.hparams.noise_seed = run_seed(noise_seed)  # recorded resolved, so resuming repeats it
         self.backbone = backbone
         self.optimizer = optimizer
         self._built = False
@@ -90,12 +96,12 @@ class FlowMatchingModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         hp = self.hparams
         x0 = self.backbone.encode_images(batch["images"].to(self.device))
-        prompts = [
-            "" if torch.rand(()).item() < hp.null_prompt_probability else p for p in batch["prompts"]
-        ]
-        cond = self.backbone.encode_prompts(prompts)
-        s = time_shift(torch.rand(x0.shape[0], device=self.device), hp.shift)
-        eps = torch.randn_like(x0)
+        n, rank = x0.shape[0], self.global_rank if self._trainer is not None else 0
+        draws = keyed_generator(hp.noise_seed, rank, self.global_step, device=self.device)
+        dropped = (torch.rand(n, generator=draws, device=self.device) < hp.null_prompt_probability).tolist()
+        cond = self.backbone.encode_prompts(["" if d else p for d, p in zip(dropped, batch["prompts"])])
+        s = time_shift(torch.rand(n, generator=draws, device=self.device), hp.shift)
+        eps = torch.randn(x0.shape, generator=draws, device=self.device, dtype=x0.dtype)
         x_s = (1 - s.view(-1, 1, 1, 1)) * x0 + s.view(-1, 1, 1, 1) * eps
         v = self.backbone.velocity(TEACHER, x_s, s, cond)
         loss = torch.nn.functional.mse_loss(v.float(), (eps - x0).float())

@@ -304,3 +304,12 @@ def test_datamodule_validation(tmp_path: Path) -> None:
     dm.trainer = SimpleNamespace(world_size=4, global_rank=0)
     with pytest.raises(ValueError, match=r"prompts_per_step=6 .*world size \(4\)"):
         dm.setup("fit")
+
+
+def test_keyed_generator_draws_one_stream_per_key() -> None:
+    from tdmr1_lightning.data import keyed_generator
+
+    torch.rand(3)  # what was drawn before does not matter
+    a = torch.rand(4, generator=keyed_generator(0, 1, 2))
+    assert torch.equal(a, torch.rand(4, generator=keyed_generator(0, 1, 2)))
+    assert not torch.equal(a, torch.rand(4, generator=keyed_generator(0, 1, 3)))

@@ -6,10 +6,11 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from tdmr1_rewards.geneval import GenEvalReward
 
+from ..data import ResumableLoader
 from ..reward import Reward, RewardOutput
 
 from .detector import ShapesDetector
@@ -31,8 +32,10 @@ class ShapesDataModule(L.LightningDataModule):
     Args:
         world: Fields of :class:`~tdmr1_lightning.shapes.world.World` (empty: the default world).
         batch_size: Scenes per batch.
-        steps_per_epoch: Batches per epoch (scenes are drawn fresh for every index).
-        seed: Seed of the scenes.
+        steps_per_epoch: Batches per epoch, across all processes (item ``i``'s scene is a pure
+            function of ``seed`` and ``i``; every epoch shows the same scenes in a new order).
+        seed: Seed of the scenes and of their order (a function of the seed and the epoch, so a
+            run resumed mid-epoch with ``--ckpt_path`` continues it exactly).
         held_out_fraction: Fraction of combinations held out (0: none).
         held_out_seed: Seed of the held-out split.
         held_out_split: What is held out besides counts, shape pairs and relations: ``bindings``
@@ -73,8 +76,12 @@ class ShapesDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True, collate_fn=_collate,
-                          num_workers=self.num_workers, generator=torch.Generator().manual_seed(self.dataset.seed))
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = DistributedSampler(self.dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.dataset.seed)
+        # The generator only seeds the workers: loading draws nothing from the global random stream.
+        return ResumableLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=_collate,
+                               num_workers=self.num_workers, generator=torch.Generator().manual_seed(self.dataset.seed))
 
 
 class ShapesGenEval(GenEvalReward):
