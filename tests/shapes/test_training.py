@@ -38,7 +38,6 @@ def test_data_module_batches_avoid_held_out_combinations():
     assert not any(is_held_out(triples.record(i), triples.held_out) for i in range(64))
 
 
-
 def test_data_module_order_is_a_function_of_the_epoch_and_shared_between_processes():
     from types import SimpleNamespace
 
@@ -54,6 +53,7 @@ def test_data_module_order_is_a_function_of_the_epoch_and_shared_between_process
     assert indices()[0] == order and indices(epoch=1)[0] != order  # reshuffled each epoch, the same in every run
     (r0, b0), (r1, b1) = indices(0, 2), indices(1, 2)
     assert len(b0) == len(b1) == 2 and sorted(r0 + r1) == sorted(order)  # two processes split the epoch
+
 
 def test_registered_reward_scores_rendered_scenes():
     reward = RewardSpec(name="shapes_geneval", init_args={"mode": "strict"}).build()
