@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 # Names are imported on first use (PEP 562), so `python -m tdmr1_lightning.shapes.world` runs the module
 # once, as __main__, without the package having imported it already.
 _EXPORTS: dict[str, str] = {
+    "DEFAULT_SHAPES": "world",
     "MIN_COLOR_DISTANCE": "world",
     "MIN_OBJECT_PX": "world",
     "PALETTE": "world",

@@ -42,7 +42,7 @@ from tdmr1_rewards.human_csv import read_image
 from ..data import load_prompts
 from ..evaluate import wilson_interval
 from .detector import ShapesDetector
-from .world import HeldOut, prompt_combinations
+from .world import HeldOut, World, prompt_combinations
 
 KIND_NAMES: dict[str, str] = {
     "colors": "coloured pair",
@@ -110,6 +110,17 @@ def load_held_out(world_json: str | Path) -> HeldOut:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: not a world.json with a 'held_out' entry ({exc})") from exc
     return HeldOut.from_dict(data)
+
+
+def load_world(world_json: str | Path) -> World:
+    """The world of a prompt set's ``world.json`` (its ``world`` entry; the default world without one),
+    so that ``--drawn`` detects the shapes that world draws."""
+    path = Path(world_json)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")).get("world") or {}
+        return World(**data)
+    except (OSError, ValueError, AttributeError, TypeError) as exc:
+        raise ValueError(f"{path}: not a world.json with a readable 'world' entry ({exc})") from exc
 
 
 def load_samples(path: str | Path) -> list[dict[str, Any]]:
@@ -324,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--world", default=None,
-        help="world.json with the held-out combinations (default: world.json next to --prompts)",
+        help="world.json with the world and its held-out combinations (default: world.json next to --prompts)",
     )
     parser.add_argument(
         "--reward", default="shapes_geneval", help="reward whose strict verdicts count (default: shapes_geneval)"
@@ -347,7 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         prompts = Path(args.prompts)
         records = {r["prompt"]: r for r in load_prompts(prompts)}
-        held_out = load_held_out(args.world or prompts.parent / "world.json")
+        world_json = args.world or prompts.parent / "world.json"
+        held_out = load_held_out(world_json)
+        detector = ShapesDetector(load_world(world_json)) if args.drawn else None
         pool = [tag.strip() for tag in args.pool_tags.split(",") if tag.strip()]
         names, kinds, failures, drawn = [], [], [], []
         for text in args.evaluations:
@@ -358,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_failures:
                 failures.append(failures_by_tag(samples, args.reward))
             if args.drawn:
-                drawn.append(drawn_by_tag(Path(path).parent if Path(path).is_file() else path))
+                drawn.append(drawn_by_tag(Path(path).parent if Path(path).is_file() else path, detector))
     except ValueError as exc:  # PromptFileError included
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -13,7 +13,10 @@ its tight box (:func:`classify_shape`):
 
 ``bottom_heavy >= triangle_bottom_heavy`` (0.2) -> triangle; else ``fill >= square_fill`` (0.93) -> square;
 else ``fill >= circle_fill`` (0.7) -> circle; else unrecognised (dropped). Components with a box aspect ratio above
-``max_aspect`` (1.5: two shapes run together, a smear) are dropped too, as are shapes outside the world.
+``max_aspect`` (1.5: two shapes run together, a smear) are dropped too, as are shapes outside the world;
+in a world with rectangles (which lie flat, about twice as wide as tall), a component wider than tall
+with an aspect ratio above ``rectangle_aspect[0]`` (1.5) and up to ``rectangle_aspect[1]`` (3) and
+``fill >= rectangle_fill`` (0.85) is a rectangle. Without rectangles in the world the rule is the three shapes' one, unchanged.
 
 A detection is ``Detection(label=shape, score=1.0, box=tight box (x1, y1 exclusive), mask, color=palette
 name)``; since it carries its colour, the GenEval scorer never calls a colour classifier. Scores are all
@@ -24,6 +27,8 @@ exactly the scene's objects: shapes, colours and boxes.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 import torch
 from scipy import ndimage
@@ -31,7 +36,7 @@ from torch import Tensor
 
 from tdmr1_rewards.detectors import Detection
 
-from .world import PALETTE, World
+from .world import PALETTE, SHAPES, World
 
 __all__ = ["ShapesDetector", "classify_shape", "shape_features"]
 
@@ -57,10 +62,19 @@ def classify_shape(
     circle_fill: float = 0.7,
     triangle_bottom_heavy: float = 0.2,
     max_aspect: float | None = 1.5,
+    shapes: Collection[str] = SHAPES,
+    rectangle_fill: float = 0.85,
+    rectangle_aspect: tuple[float, float] = (1.5, 3.0),
 ) -> str | None:
-    """The shape of one component cropped to its tight box, or None when it is none of them."""
+    """The shape of one component cropped to its tight box, or None when it is none of ``shapes``."""
     fill, bottom_heavy, aspect = shape_features(mask)
-    if fill == 0 or (max_aspect is not None and aspect > max_aspect):
+    if fill == 0:
+        return None
+    h, w = mask.shape
+    flat = w > h and rectangle_aspect[0] < aspect <= rectangle_aspect[1]
+    if "rectangle" in shapes and flat and fill >= rectangle_fill:
+        return "rectangle"
+    if max_aspect is not None and aspect > max_aspect:
         return None
     if bottom_heavy >= triangle_bottom_heavy:
         return "triangle"
@@ -82,7 +96,8 @@ class ShapesDetector:
             background is background. 150 keeps detection exact on renders blurred by a Gaussian of
             sigma 0.8 px (plus noise); 80 only up to sigma 0.5, as blurred edges then fall off the objects.
         connectivity: 8 (diagonal neighbours join a component) or 4.
-        square_fill, circle_fill, triangle_bottom_heavy, max_aspect: The shape rule (:func:`classify_shape`).
+        square_fill, circle_fill, triangle_bottom_heavy, max_aspect, rectangle_fill, rectangle_aspect:
+            The shape rule (:func:`classify_shape`).
     """
 
     def __init__(
@@ -95,6 +110,8 @@ class ShapesDetector:
         circle_fill: float = 0.7,
         triangle_bottom_heavy: float = 0.2,
         max_aspect: float | None = 1.5,
+        rectangle_fill: float = 0.85,
+        rectangle_aspect: tuple[float, float] = (1.5, 3.0),
     ) -> None:
         self.world = world if world is not None else World()
         if connectivity not in (4, 8):
@@ -110,6 +127,8 @@ class ShapesDetector:
         self.circle_fill = float(circle_fill)
         self.triangle_bottom_heavy = float(triangle_bottom_heavy)
         self.max_aspect = max_aspect
+        self.rectangle_fill = float(rectangle_fill)
+        self.rectangle_aspect = (float(rectangle_aspect[0]), float(rectangle_aspect[1]))
         self.colors: list[str] = list(self.world.colors)
         refs = [self.world.background] + [PALETTE[c] for c in self.colors]
         self._refs = np.asarray(refs, dtype=np.int32)  # (K + 1, 3); 0 is the background
@@ -183,7 +202,8 @@ class ShapesDetector:
                 if areas[i] >= floor:
                     crop = components[sl] == i
                     shape = classify_shape(
-                        crop, self.square_fill, self.circle_fill, self.triangle_bottom_heavy, self.max_aspect
+                        crop, self.square_fill, self.circle_fill, self.triangle_bottom_heavy, self.max_aspect,
+                        shapes, self.rectangle_fill, self.rectangle_aspect,
                     )
                 if shape is None or shape not in shapes:
                     if stray_above is not None and areas[i] > stray_above:

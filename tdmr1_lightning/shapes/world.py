@@ -6,7 +6,8 @@ scorer, :class:`tdmr1_rewards.geneval.GenEvalReward`).
 
 Vocabulary (:class:`World`, every field can be narrowed by a config)::
 
-    shapes     circle, square, triangle (pointing up)
+    shapes     circle, square, triangle (pointing up); rectangle (lying flat, about twice as wide as
+               tall) is drawn and detected too, but not in the default world (World(shapes=SHAPES))
     colours    red, green, blue, yellow (exact RGB in PALETTE; GenEval colour names), white background
     counts     two, three (counting prompts; at most max_objects = 3 objects a scene)
     relations  left of, right of, above, below
@@ -18,7 +19,7 @@ direction, objects are 10 to 12 px, at least 2 px from their cell's border (neig
 and their top-left corner jitters by up to 2 px. (A 3 x 3 grid, 7-8 px objects, is the denser
 variant: a tiny teacher draws those shapes much less reliably; docs/shapes.md.) Each shape is a
 fixed pixel template of its size (:func:`shape_template`: inscribed disc, full square, upward
-triangle) without anti-aliasing, so
+triangle, a flat rectangle in the middle of its slot) without anti-aliasing, so
 every object pixel has its palette colour exactly. "A left of B" puts A and B in the same row, A's
 column before B's ("above": same column, A's row first), which makes GenEval's
 :func:`~tdmr1_rewards.geneval.relative_position` give exactly that relation and no other.
@@ -91,6 +92,7 @@ __all__ = [
     "HeldOut",
     "MIN_COLOR_DISTANCE",
     "MIN_OBJECT_PX",
+    "DEFAULT_SHAPES",
     "PALETTE",
     "SHAPES",
     "SPLITS",
@@ -118,8 +120,11 @@ __all__ = [
     "write_jsonl",
 ]
 
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
-"""Every shape the renderer draws and the detector recognises."""
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "rectangle")
+"""Every shape the renderer draws and the detector recognises (a world uses a subset of them)."""
+
+DEFAULT_SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+"""The default world's shapes (the shipped teacher's)."""
 
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -179,7 +184,7 @@ class World:
             least 1 px (:meth:`margin_px`); neighbouring objects are at least twice this apart.
     """
 
-    shapes: tuple[str, ...] = SHAPES
+    shapes: tuple[str, ...] = DEFAULT_SHAPES
     colors: tuple[str, ...] = ("red", "green", "blue", "yellow")
     max_objects: int = 3
     resolution: int = 32
@@ -337,19 +342,25 @@ class ShapeObject:
     top: int
     """Row of the object's box's top edge."""
     size: int
-    """Side of the box (a square's side, a circle's diameter, a triangle's base and height)."""
+    """Width of the box (a square's side, a circle's diameter, a triangle's base and height, a
+    rectangle's width: its height is about half, :func:`shape_template`)."""
     cell: tuple[int, int] | None = field(default=None, compare=False)
     """(row, column) of the grid cell it was placed in, when placed in a slot."""
 
     @property
+    def height(self) -> int:
+        """Height of the box in pixels (``size`` but for a rectangle)."""
+        return shape_template(self.shape, self.size).shape[0]
+
+    @property
     def center(self) -> tuple[float, float]:
         """``(x, y)`` centre in pixels."""
-        return (self.left + self.size / 2, self.top + self.size / 2)
+        return (self.left + self.size / 2, self.top + self.height / 2)
 
     @property
     def box(self) -> tuple[int, int, int, int]:
         """``(x0, y0, x1, y1)`` in pixels, ends exclusive: the tight box of the rendered object."""
-        return (self.left, self.top, self.left + self.size, self.top + self.size)
+        return (self.left, self.top, self.left + self.size, self.top + self.height)
 
 
 Scene = tuple[ShapeObject, ...]
@@ -357,12 +368,14 @@ Scene = tuple[ShapeObject, ...]
 
 @functools.lru_cache(maxsize=None)
 def shape_template(shape: str, size: int) -> np.ndarray:
-    """``bool (size, size)`` pixels of a shape: those whose centre lies inside it (no anti-aliasing).
+    """``bool (height, size)`` pixels of a shape: those whose centre lies inside it (no anti-aliasing).
 
     A circle is the inscribed disc, a square the whole box, a triangle points up with its base on the
     bottom row (row ``i`` spans ``|x| <= (i + 1) / 2`` about the centre, so it is symmetric and its
-    top row is one pixel wide for odd sizes, two for even). Every template fills its box exactly
-    (its tight box is ``size x size``). Read-only.
+    top row is one pixel wide for odd sizes, two for even); all three are ``size x size``. A rectangle
+    lies flat, ``(size + 1) // 2`` rows of ``size`` (about twice as wide as tall, so its box tells it
+    from a square under blur). Every template fills its box exactly (its tight box is the array).
+    Read-only.
     """
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
@@ -373,6 +386,8 @@ def shape_template(shape: str, size: int) -> np.ndarray:
         mask = np.ones((size, size), dtype=bool)
     elif shape == "triangle":
         mask = np.abs(c)[None, :] <= (np.arange(size)[:, None] + 1) / 2
+    elif shape == "rectangle":
+        mask = np.ones(((size + 1) // 2, size), dtype=bool)
     else:
         raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
     mask.setflags(write=False)
@@ -391,6 +406,7 @@ def _place(rng: random.Random, world: World, row: int, col: int, size: int | Non
 
 def _make_object(rng: random.Random, world: World, shape: str, color: str, row: int, col: int) -> ShapeObject:
     left, top, size = _place(rng, world, row, col)
+    top += (size - shape_template(shape, size).shape[0]) // 2  # a rectangle sits in the middle of its square slot
     return ShapeObject(shape, color, left, top, size, (row, col))
 
 
@@ -413,7 +429,7 @@ def object_mask(obj: ShapeObject, resolution: int) -> np.ndarray:
     mask = np.zeros((resolution, resolution), dtype=bool)
     template = shape_template(obj.shape, obj.size)
     y0, x0 = max(obj.top, 0), max(obj.left, 0)
-    y1, x1 = min(obj.top + obj.size, resolution), min(obj.left + obj.size, resolution)
+    y1, x1 = min(obj.top + template.shape[0], resolution), min(obj.left + obj.size, resolution)
     if y1 > y0 and x1 > x0:
         mask[y0:y1, x0:x1] = template[y0 - obj.top : y1 - obj.top, x0 - obj.left : x1 - obj.left]
     return mask
@@ -431,7 +447,7 @@ def render(scene: Iterable[ShapeObject], resolution: int | None = None, world: W
     for obj in scene:
         template = shape_template(obj.shape, obj.size)
         y0, x0 = max(obj.top, 0), max(obj.left, 0)
-        y1, x1 = min(obj.top + obj.size, res), min(obj.left + obj.size, res)
+        y1, x1 = min(obj.top + template.shape[0], res), min(obj.left + obj.size, res)
         if y1 > y0 and x1 > x0:
             patch = image[y0:y1, x0:x1]
             patch[template[y0 - obj.top : y1 - obj.top, x0 - obj.left : x1 - obj.left]] = world.rgb(obj.color)

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from tdmr1_lightning.data import load_prompts
-from tdmr1_lightning.shapes import ShapesDetector, World, render, render_batch, scene_for
+from tdmr1_lightning.shapes import SHAPES, ShapesDetector, World, render, render_batch, scene_for
 from tdmr1_lightning.shapes.breakdown import (
     accuracy_by_kind,
     drawn_by_tag,
@@ -20,6 +20,7 @@ from tdmr1_lightning.shapes.breakdown import (
     held_out_kinds,
     load_held_out,
     load_samples,
+    load_world,
     main,
 )
 from tdmr1_rewards.geneval import GenEvalReward
@@ -195,3 +196,16 @@ def test_shapes_drawn_read_back_from_saved_images(scored, tmp_path, capsys):
     (bare / "samples.jsonl").write_text((run / "samples.jsonl").read_text())
     assert main(["--prompts", str(PROMPTS), "--drawn", str(bare)]) == 2
     assert "no saved images (run 'tdmr1 evaluate' with --save-images each)" in capsys.readouterr().err
+
+
+def test_world_of_a_world_json(tmp_path):
+    """--drawn detects the shapes of the prompt set's world (a rectangle is a stray in the default one)."""
+    assert load_world(PROMPTS.parent / "world.json") == WORLD
+    four = tmp_path / "world.json"
+    four.write_text(json.dumps({"world": World(shapes=SHAPES).to_dict(), "held_out": {}}))
+    assert load_world(four).shapes == SHAPES
+    (tmp_path / "bare.json").write_text(json.dumps({"held_out": {}}))
+    assert load_world(tmp_path / "bare.json") == WORLD
+    (tmp_path / "odd.json").write_text(json.dumps({"world": {"shapes": ["hexagon"]}}))
+    with pytest.raises(ValueError, match="odd.json.*hexagon"):
+        load_world(tmp_path / "odd.json")

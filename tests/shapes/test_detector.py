@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tdmr1_lightning.shapes import (
+    DEFAULT_SHAPES,
     SHAPES,
     ShapeObject,
     ShapesDetector,
@@ -37,7 +38,7 @@ def _found(detections):
 def test_templates_classify(size):
     for shape in SHAPES:
         template = shape_template(shape, size)
-        assert template.shape == (size, size)
+        assert template.shape == ((size + 1) // 2 if shape == "rectangle" else size, size)
         assert template[0].any() and template[-1].any() and template[:, 0].any() and template[:, -1].any()  # tight box
         assert classify_shape(template) == shape
 
@@ -71,8 +72,10 @@ def test_exact_on_2000_random_scenes():
         World(shapes=("circle", "square"), colors=("red", "blue")),
         World(colors=("red", "orange", "yellow", "green", "blue", "purple", "black")),
         World(colors=("red", "white", "blue"), background=(128, 128, 128)),
+        World(shapes=SHAPES),
+        World(shapes=SHAPES, grid=3),
     ],
-    ids=["grid3", "24px-grid2", "48px-grid3", "64px-grid4", "narrow", "7-colours", "grey-bg"],
+    ids=["grid3", "24px-grid2", "48px-grid3", "64px-grid4", "narrow", "7-colours", "grey-bg", "4-shapes", "4-shapes-grid3"],
 )
 def test_exact_on_other_worlds(world):
     detector = ShapesDetector(world)
@@ -120,11 +123,12 @@ def test_off_palette_pixels_and_noise():
             assert dets[0].box == (4.0, 4.0, 12.0, 12.0)
 
 
-def test_robust_to_blur():
+@pytest.mark.parametrize("shapes", [DEFAULT_SHAPES, SHAPES], ids=["3-shapes", "4-shapes"])
+def test_robust_to_blur(shapes):
     """Gaussian blur (sigma 0.7 px) and noise: the same shapes, colours and relations (boxes within 1 px)."""
     from scipy import ndimage
 
-    world = World()
+    world = World(shapes=shapes)
     detector = ShapesDetector(world)
     rng = random.Random(4)
     scenes = [random_scene(rng, world) for _ in range(300)]
@@ -147,9 +151,13 @@ def test_specks_blobs_and_min_area():
     assert ShapesDetector(world).detect(speck[None]) == [[]]
     (dets,) = ShapesDetector(world, min_area=4).detect(speck[None])
     assert [d.label for d in dets] == ["square"]
-    # two touching squares merge into one 16 x 8 component: no shape
+    # two touching squares merge into one 16 x 8 component: no shape (a rectangle where the world has them)
     blob = render((ShapeObject("square", "green", 2, 2, 8), ShapeObject("square", "green", 10, 2, 8)), world=world)
     assert ShapesDetector(world).detect(blob[None]) == [[]]
+    (dets,) = ShapesDetector(World(shapes=SHAPES)).detect(blob[None])
+    assert [(d.label, d.box) for d in dets] == [("rectangle", (2.0, 2.0, 18.0, 10.0))]
+    stacked = render((ShapeObject("square", "green", 2, 2, 8), ShapeObject("square", "green", 2, 10, 8)), world=world)
+    assert ShapesDetector(World(shapes=SHAPES)).detect(stacked[None]) == [[]]  # rectangles lie flat
     # the same squares apart: two
     apart = render((ShapeObject("square", "green", 2, 2, 8), ShapeObject("square", "green", 12, 2, 8)), world=world)
     assert len(ShapesDetector(world).detect(apart[None])[0]) == 2

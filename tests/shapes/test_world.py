@@ -14,6 +14,7 @@ import torch
 from tdmr1_lightning.data import load_prompts
 from tdmr1_lightning.shapes import (
     PALETTE,
+    SHAPES,
     ShapesDataset,
     ShapesDetector,
     World,
@@ -91,17 +92,19 @@ def test_world_validation(kwargs, match):
 # ------------------------------------------------------------------------------------------- scenes
 
 
-def test_scenes_in_slots_never_touch():
+@pytest.mark.parametrize("world", [WORLD, World(shapes=SHAPES)], ids=["default", "4-shapes"])
+def test_scenes_in_slots_never_touch(world):
     rng = random.Random(0)
-    bounds, margin = WORLD.cell_bounds(), WORLD.margin_px()
+    bounds, margin = world.cell_bounds(), world.margin_px()
     for _ in range(2000):
-        scene = random_scene(rng, WORLD)
+        scene = random_scene(rng, world)
         assert 1 <= len(scene) <= 3 and len({o.cell for o in scene}) == len(scene)
         for o in scene:
             row, col = o.cell
-            assert bounds[col] + margin <= o.left and o.left + o.size <= bounds[col + 1] - margin
-            assert bounds[row] + margin <= o.top and o.top + o.size <= bounds[row + 1] - margin
-            assert 10 <= o.size <= 12
+            x0, y0, x1, y1 = o.box
+            assert bounds[col] + margin <= x0 and x1 <= bounds[col + 1] - margin
+            assert bounds[row] + margin <= y0 and y1 <= bounds[row + 1] - margin
+            assert 10 <= o.size <= 12 and o.height == (o.size if o.shape != "rectangle" else (o.size + 1) // 2)
         for i, a in enumerate(scene):
             for b in scene[i + 1 :]:  # >= 2 * margin px apart along x or y: no 8-neighbour pixels
                 ax0, ay0, ax1, ay1 = a.box
@@ -228,7 +231,8 @@ def test_scene_for_every_prompt_scores_correct():
 
 
 def test_scene_for_other_worlds_scores_correct():
-    for world in (World(grid=3), World(resolution=24, grid=2), World(shapes=("circle", "square"), colors=("red", "blue"))):
+    worlds = (World(grid=3), World(resolution=24, grid=2), World(shapes=("circle", "square"), colors=("red", "blue")), World(shapes=SHAPES))
+    for world in worlds:
         records = enumerate_prompts(world)
         rng = random.Random(1)
         out = _score(world, [scene_for(r, rng, world) for r in records], records)
