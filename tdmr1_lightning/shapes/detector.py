@@ -16,7 +16,8 @@ else ``fill >= circle_fill`` (0.7) -> circle; else unrecognised (dropped). Compo
 ``max_aspect`` (1.5: two shapes run together, a smear) are dropped too, as are shapes outside the world;
 in a world with rectangles (which lie flat, about twice as wide as tall), a component wider than tall
 with an aspect ratio above ``rectangle_aspect[0]`` (1.5) and up to ``rectangle_aspect[1]`` (3) and
-``fill >= rectangle_fill`` (0.85) is a rectangle. Without rectangles in the world the rule is the three shapes' one, unchanged.
+``fill >= rectangle_fill`` (0.85) is a rectangle. Without rectangles in the world the rule is the
+three shapes' one, unchanged.
 
 A detection is ``Detection(label=shape, score=1.0, box=tight box (x1, y1 exclusive), mask, color=palette
 name)``; since it carries its colour, the GenEval scorer never calls a colour classifier. Scores are all
@@ -70,9 +71,9 @@ def classify_shape(
     fill, bottom_heavy, aspect = shape_features(mask)
     if fill == 0:
         return None
-    h, w = mask.shape
-    flat = w > h and rectangle_aspect[0] < aspect <= rectangle_aspect[1]
-    if "rectangle" in shapes and flat and fill >= rectangle_fill:
+    wide = mask.shape[1] > mask.shape[0]
+    lo, hi = rectangle_aspect
+    if "rectangle" in shapes and wide and lo < aspect <= hi and fill >= rectangle_fill:
         return "rectangle"
     if max_aspect is not None and aspect > max_aspect:
         return None

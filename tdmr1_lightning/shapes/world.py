@@ -89,10 +89,10 @@ from tdmr1_rewards.geneval import RELATIONS, TAGS, metadata_problem
 from tdmr1_rewards.geneval_prompts import NUMBERS, plural, with_article
 
 __all__ = [
+    "DEFAULT_SHAPES",
     "HeldOut",
     "MIN_COLOR_DISTANCE",
     "MIN_OBJECT_PX",
-    "DEFAULT_SHAPES",
     "PALETTE",
     "SHAPES",
     "SPLITS",

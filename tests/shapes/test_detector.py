@@ -75,7 +75,9 @@ def test_exact_on_2000_random_scenes():
         World(shapes=SHAPES),
         World(shapes=SHAPES, grid=3),
     ],
-    ids=["grid3", "24px-grid2", "48px-grid3", "64px-grid4", "narrow", "7-colours", "grey-bg", "4-shapes", "4-shapes-grid3"],
+    ids=[
+        "grid3", "24px-grid2", "48px-grid3", "64px-grid4", "narrow", "7-colours", "grey-bg", "4-shapes", "4-shapes-grid3",
+    ],
 )
 def test_exact_on_other_worlds(world):
     detector = ShapesDetector(world)

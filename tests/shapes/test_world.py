@@ -231,7 +231,12 @@ def test_scene_for_every_prompt_scores_correct():
 
 
 def test_scene_for_other_worlds_scores_correct():
-    worlds = (World(grid=3), World(resolution=24, grid=2), World(shapes=("circle", "square"), colors=("red", "blue")), World(shapes=SHAPES))
+    worlds = (
+        World(grid=3),
+        World(resolution=24, grid=2),
+        World(shapes=("circle", "square"), colors=("red", "blue")),
+        World(shapes=SHAPES),
+    )
     for world in worlds:
         records = enumerate_prompts(world)
         rng = random.Random(1)
