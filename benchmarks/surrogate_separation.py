@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from tdmr1_lightning.backbones.base import GENERATOR, SURROGATE, TEACHER
     from tdmr1_lightning.cli import build_cli
     from tdmr1_lightning.reward import WeightedRewards
-    from tdmr1_lightning.schedule import forward_kernel, inverse_time_shift, sample_level
+    from tdmr1_lightning.schedule import renoise, sample_query_level
 
     torch.manual_seed(args.seed)
     cli = build_cli(["--config", str(CONFIG), "--trainer.callbacks=null", "--trainer.logger=false", *extra], run=False)
@@ -90,16 +90,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def level(gen: torch.Generator) -> tuple[int, float]:  # j' with probability ~ j' + 1, then s as in training
         j = int(torch.multinomial(torch.arange(1, K + 1, dtype=torch.float), 1, generator=gen))
-        s = sample_level(float(inverse_time_shift(max(s_[j + 1], hp.s_min_reward), k)), k, gen)
-        return j, min(s, 0.999)
+        return j, sample_query_level(max(s_[j + 1], hp.s_min_reward), k, hp.level_margin, gen)
 
     def query(b: dict, j: int, s: float, noise_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        a, sigma = (float(c) for c in forward_kernel(s_[j + 1], s))
-        sigma = max(sigma, 1e-4)
         x_n = b["trajectory"][j + 1]
         xi = torch.randn((int(b["group"].max()) + 1, *x_n.shape[1:]), generator=torch.Generator().manual_seed(noise_seed))[b["group"]]
-        x_s = a * x_n + sigma * xi
-        return x_s, losses.surrogate_target_velocity(x_s, xi, s, sigma)
+        return renoise(x_n, s_[j + 1], s, xi), losses.surrogate_target_velocity(x_n, xi, s_[j + 1], s)
 
     @torch.no_grad()
     def per_sample_loss(role: str, b: dict, x_s: torch.Tensor, s: float, target: torch.Tensor) -> torch.Tensor:

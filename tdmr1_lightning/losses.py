@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .schedule import forward_kernel
+
 
 def _per_sample_mean(x: Tensor) -> Tensor:
     return x.flatten(1).mean(1)
@@ -55,8 +57,8 @@ def group_advantages(
             global std); ``None`` uses each group's own std.
         clip: the advantage clip.
         eps: added to the std.
-        binarize: use ``sign(A) - mean(sign(A))`` (for like / dislike rewards); the mean is over the
-            valid samples given.
+        binarize: use ``sign(A) - mean_group(sign(A))`` (for like / dislike rewards), with ``sign(0) = +1``;
+            the mean is over the valid members of each group.
     """
     valid = valid.bool()
     r = torch.where(valid, rewards.double(), torch.zeros_like(rewards, dtype=torch.float64))
@@ -74,8 +76,10 @@ def group_advantages(
     adv = (centred / (scale + eps)).clamp(-clip, clip)
     adv = torch.where(valid, adv, torch.zeros_like(adv))
     if binarize:
-        sign = torch.sign(adv)
-        adv = torch.where(valid, sign - sign[valid].mean() if valid.any() else sign, torch.zeros_like(sign))
+        # sign(0) counts as +1 and the centring is per group, as the reference's ``grpo_bi`` (section 8.4)
+        sign = torch.where(valid, torch.where(adv >= 0, 1.0, -1.0).to(adv.dtype), torch.zeros_like(adv))
+        sign_mean = torch.zeros_like(count).index_add_(0, group, sign) / count.clamp_min(1)
+        adv = torch.where(valid, sign - sign_mean[group], torch.zeros_like(sign))
     return adv.to(rewards.dtype)
 
 
@@ -103,9 +107,15 @@ def fake_score_loss(
 # --------------------------------------------------------------------------------------------
 
 
-def surrogate_target_velocity(x_s: Tensor, xi: Tensor, s: float, b: float) -> Tensor:
-    """``v* = ((s / b) xi - x_s) / (1 - s)``: the forward kernel's conditional score as a velocity."""
-    return ((s / b) * xi - x_s) / (1 - s)
+def surrogate_target_velocity(x_n: Tensor, xi: Tensor, s_n: float, s: float) -> Tensor:
+    """``v* = ((s / b) xi - x_s) / (1 - s)`` for ``x_s = a x_n + b xi``: the kernel's conditional score as a velocity.
+
+    Computed in the equal form ``(s + a s_n^2 / (1 - s_n)) xi / b - x_n / (1 - s_n)`` (the reference
+    script's), which has no ``1 / (1 - s)``: it stays exact as ``s`` approaches 1, where the first form
+    subtracts two large, nearly equal terms.
+    """
+    a, b = (float(c) for c in forward_kernel(s_n, s))
+    return ((s + a * s_n**2 / (1 - s_n)) / b) * xi - x_n / (1 - s_n)
 
 
 @dataclass
@@ -197,43 +207,57 @@ class GeneratorLossOutput:
     kl: Tensor
 
 
+def classifier_free_guidance(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
+    """``uncond + scale (cond - uncond)``: guidance of any role's conditional prediction over its unconditional one."""
+    return uncond + scale * (cond - uncond)
+
+
 def generator_loss(
     x0_hat: Tensor,
     teacher_cond: Tensor,
     teacher_uncond: Tensor,
     fake: Tensor,
     guidance_scale: float,
-    surrogate: Tensor | None = None,
+    surrogate_cond: Tensor | None = None,
+    surrogate_uncond: Tensor | None = None,
     surrogate_base: Tensor | None = None,
+    rl_guidance_scale: float = 4.5,
     cfg_weight: float = 0.3,
     reward_weight: float = 0.7,
-    other_scale: float = 1.0,
     norm_eps: float = 1e-6,
 ) -> GeneratorLossOutput:
     """TDM-R1's generator loss; every input but ``x0_hat`` is a no-grad x0 prediction.
+
+    With the surrogate's predictions (``j < trunc_steps`` in TDM-R1):
 
     ``L_G = cfg_weight * ||x0_hat - sg(x0_hat + (w-1)(Tc - Tu))||^2 / wf``
     ``    + reward_weight * ||x0_hat - sg(x0_hat + Phi - B)||^2 / wr``
     ``    + ||x0_hat - sg(x0_hat + Tc - Fk)||^2 / wf``
 
-    with per-sample detached normalisers ``wf = mean |x0_hat - Tw|`` (``Tw`` the guided teacher) and
-    ``wr = mean |x0_hat - Phi|``. Without ``surrogate`` (plain TDM, or ``j >= trunc_steps``) the reward
-    term is left out; ``other_scale`` multiplies the guidance and KL terms (0.3 for ``j >= trunc_steps``
-    in the reference).
+    where ``Phi = R_u + rl_cfg (R_c - R_u)`` is the surrogate's own guidance (section 8.1; while the
+    surrogate equals the teacher, ``Phi - B = (rl_cfg - 1)(Tc - Tu)``) and ``B`` the conditional
+    teacher at the surrogate's point. The per-sample detached normalisers are ``wf = mean |x0_hat - Tw|``
+    (``Tw`` the guided teacher) and ``wr = mean |x0_hat - Phi|``. Without them (plain TDM, and
+    ``j >= trunc_steps``) the loss is ``cfg_weight * (guidance + KL)`` (section 8.2), whose stationary
+    point is the fake score at the guided teacher: the generator distils guidance ``w`` exactly.
     """
     x = x0_hat.float()
     tc, tu, fk = teacher_cond.float(), teacher_uncond.float(), fake.float()
     with torch.no_grad():
-        guided = tu + guidance_scale * (tc - tu)
-        wf = _per_sample_mean((x - guided).abs()).clamp_min(norm_eps)
-    guidance = cfg_weight * other_scale * (shifted_mse(x, (guidance_scale - 1) * (tc - tu)) / wf).mean()
-    kl = other_scale * (shifted_mse(x, tc - fk) / wf).mean()
-    reward = torch.zeros((), device=x.device)
-    if surrogate is not None:
-        if surrogate_base is None:
-            raise ValueError("generator_loss: `surrogate_base` (the teacher at the surrogate's point) is required")
-        phi, base = surrogate.float(), surrogate_base.float()
-        with torch.no_grad():
-            wr = _per_sample_mean((x - phi).abs()).clamp_min(norm_eps)
-        reward = reward_weight * (shifted_mse(x, phi - base) / wr).mean()
+        wf = _per_sample_mean((x - classifier_free_guidance(tc, tu, guidance_scale)).abs()).clamp_min(norm_eps)
+    guidance = (shifted_mse(x, (guidance_scale - 1) * (tc - tu)) / wf).mean()
+    kl = (shifted_mse(x, tc - fk) / wf).mean()
+    given = [t is not None for t in (surrogate_cond, surrogate_uncond, surrogate_base)]
+    if any(given) and not all(given):
+        raise ValueError("generator_loss: the reward term needs surrogate_cond, surrogate_uncond and surrogate_base")
+    if not any(given):
+        guidance, kl = cfg_weight * guidance, cfg_weight * kl
+        return GeneratorLossOutput(
+            loss=guidance + kl, guidance=guidance.detach(), reward=torch.zeros((), device=x.device), kl=kl.detach()
+        )
+    phi = classifier_free_guidance(surrogate_cond.float(), surrogate_uncond.float(), rl_guidance_scale)
+    with torch.no_grad():
+        wr = _per_sample_mean((x - phi).abs()).clamp_min(norm_eps)
+    guidance = cfg_weight * guidance
+    reward = reward_weight * (shifted_mse(x, phi - surrogate_base.float()) / wr).mean()
     return GeneratorLossOutput(loss=guidance + reward + kl, guidance=guidance.detach(), reward=reward.detach(), kl=kl.detach())

@@ -41,7 +41,7 @@ from .registry import RewardSpec
 from .reward import WeightedRewards
 from .sampler import sample_trajectory
 from .schedule import (
-    check_schedule, euler_step, forward_kernel, inverse_time_shift, renoise, sample_level, step_boundaries,
+    check_schedule, euler_step, renoise, sample_query_level, step_boundaries,
     x0_from_velocity,
 )
 
@@ -94,16 +94,17 @@ class TDMR1Module(L.LightningModule):
         num_steps: K, the generator's sampling steps.
         shift: k, the time shift of the step boundaries and of the loss levels.
         guidance_scale: w, the teacher's classifier-free guidance in the generator loss.
-        rl_guidance_scale: Guidance of the surrogate over the teacher in the reward term (rl_cfg).
+        rl_guidance_scale: The surrogate's own classifier-free guidance in the reward term (rl_cfg):
+            ``Phi = R_u + rl_cfg (R_c - R_u)``.
         beta: DGPO's beta: the surrogate's implied reward is ``beta * (l_ref - l)``.
         s_min_gen: Lowest level of the surrogate's query point in the generator loss.
         s_min_reward: Lowest level of the surrogate's training points.
         trunc_steps: The reward term applies to boundaries ``j < trunc_steps``.
-        late_step_scale: Scale of the guidance and KL terms at ``j >= trunc_steps`` (with a reward).
-        cfg_weight: Weight of the guidance term (tdm_weight).
+        cfg_weight: Weight of the guidance term (tdm_weight); without the reward term (plain TDM, and
+            ``j >= trunc_steps``) the weight of the guidance and KL terms together.
         reward_weight: Weight of the surrogate-reward term.
         fake_teacher_weight: Weight of the fake score's pull towards the teacher.
-        level_margin: Margin added to ``S^-1(s_{j+1})`` when drawing the query levels (5.1).
+        level_margin: Margin added to ``S^-1(lower)`` when drawing every query level (sections 5.1, 8.3).
         clip_range: PPO clip range of the surrogate loss.
         trust_threshold: The trust clip acts when ``mean ||v_R - v_T||^2`` exceeds this.
         lambda_kl: Weight of the surrogate's pull towards the teacher.
@@ -144,7 +145,6 @@ class TDMR1Module(L.LightningModule):
         s_min_gen: float = 0.3,
         s_min_reward: float = 0.3,
         trunc_steps: int = 4,
-        late_step_scale: float = 0.3,
         cfg_weight: float = 0.3,
         reward_weight: float = 0.7,
         fake_teacher_weight: float = 0.02,
@@ -355,9 +355,10 @@ class TDMR1Module(L.LightningModule):
                         _append(sums, self._surrogate_loss(trajectory[:, mb], cond[mb], advantages[mb], group[mb], j_reward, levels, noise, scale, nonfinite))
             if self._any_process(bool(nonfinite)):
                 return self._skip_step(nonfinite or ["another process's"], opt_g, opt_c)
+            updates_before = self.global_step  # the EMA decays count the updates made before this one (8.6)
             metrics["grad_norm/critic"] = self._clip_and_step(opt_c)
             metrics["grad_norm/generator"] = self._clip_and_step(opt_g)
-            self._update_emas()
+            self._update_emas(updates_before)
         self._nonfinite_in_a_row = 0
         metrics.update({k: torch.stack(v).mean() for k, v in sums.items()})
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=n)
@@ -452,10 +453,9 @@ class TDMR1Module(L.LightningModule):
         v = bb.velocity(GENERATOR, x_j, s_[j], cond)
         x0_hat = x0_from_velocity(x_j, s_[j], v)
         x_next = euler_step(x_j, s_[j], s_[j + 1], v).detach()
-        u_lo = float(inverse_time_shift(s_[j + 1], k)) + hp.level_margin
 
         # 5.1 fake score
-        s = sample_level(u_lo, k, levels)
+        s = sample_query_level(s_[j + 1], k, hp.level_margin, levels)
         x_s = renoise(x_next, s_[j + 1], s, randn(x_next))
         with torch.no_grad():
             v_teacher = bb.velocity(TEACHER, x_s, s, cond)
@@ -464,22 +464,23 @@ class TDMR1Module(L.LightningModule):
 
         # 5.3 generator
         with torch.no_grad():
-            s = sample_level(u_lo, k, levels)
+            s = sample_query_level(s_[j + 1], k, hp.level_margin, levels)
             x_s = renoise(x_next, s_[j + 1], s, randn(x_next))
             fake = x0_from_velocity(x_s, s, bb.velocity(FAKE, x_s, s, cond))
             vc, vu = bb.velocity_cond_uncond(TEACHER, x_s, s, cond)
             t_cond, t_uncond = x0_from_velocity(x_s, s, vc), x0_from_velocity(x_s, s, vu)
-            phi = base = None
+            r_cond = r_uncond = base = None
             with_reward = self.rewards is not None and j < hp.trunc_steps
             if with_reward:
-                s2 = sample_level(float(inverse_time_shift(max(s_[j + 1], hp.s_min_gen), k)), k, levels)
+                s2 = sample_query_level(max(s_[j + 1], hp.s_min_gen), k, hp.level_margin, levels)
                 x_s2 = renoise(x_next, s_[j + 1], s2, group_noise(x_next))
                 base = x0_from_velocity(x_s2, s2, bb.velocity(TEACHER, x_s2, s2, cond))
-                surrogate = x0_from_velocity(x_s2, s2, bb.velocity(SURROGATE, x_s2, s2, cond))
-                phi = base + hp.rl_guidance_scale * (surrogate - base)
+                # Phi is the surrogate's own guidance (section 8.1): both its predictions in one batched call
+                rc, ru = bb.velocity_cond_uncond(SURROGATE, x_s2, s2, cond)
+                r_cond, r_uncond = x0_from_velocity(x_s2, s2, rc), x0_from_velocity(x_s2, s2, ru)
         out = losses.generator_loss(
-            x0_hat, t_cond, t_uncond, fake, hp.guidance_scale, phi, base, hp.cfg_weight, hp.reward_weight,
-            other_scale=hp.late_step_scale if self.rewards is not None and j >= hp.trunc_steps else 1.0,
+            x0_hat, t_cond, t_uncond, fake, hp.guidance_scale, r_cond, r_uncond, base, hp.rl_guidance_scale,
+            hp.cfg_weight, hp.reward_weight,
         )
         self._backward(out.loss * scale, "generator", nonfinite)
         logs = {
@@ -500,12 +501,10 @@ class TDMR1Module(L.LightningModule):
         _, group_noise = self._noise_fns(group, noise)
         s_n = s_[j_reward + 1]
         x_n = trajectory[j_reward + 1]
-        s = min(sample_level(float(inverse_time_shift(max(s_n, hp.s_min_reward), k)), k, levels), 0.999)
-        a, b = (float(c) for c in forward_kernel(s_n, s))
-        b = max(b, 1e-4)
+        s = sample_query_level(max(s_n, hp.s_min_reward), k, hp.level_margin, levels)
         xi = group_noise(x_n)
-        x_s = a * x_n + b * xi
-        v_target = losses.surrogate_target_velocity(x_s, xi, s, b)
+        x_s = renoise(x_n, s_n, s, xi)
+        v_target = losses.surrogate_target_velocity(x_n, xi, s_n, s)
         with torch.no_grad():
             v_teacher = bb.velocity(TEACHER, x_s, s, cond)
             v_old = bb.velocity(SURROGATE_OLD, x_s, s, cond)
@@ -575,8 +574,9 @@ class TDMR1Module(L.LightningModule):
         optimizer.zero_grad(set_to_none=True)
         return norm.detach()
 
-    def _update_emas(self) -> None:
-        roles, n = self.backbone.roles, self.global_step
+    def _update_emas(self, n: int) -> None:
+        """EMA updates after the ``n + 1``-th generator update (``n`` made before it)."""
+        roles = self.backbone.roles
         roles.ema_update_(GENERATOR_EMA, min((1 + n) / (10 + n), self.hparams.generator_ema_max_decay))
         if self.rewards is not None:
             roles.ema_update_(SURROGATE_OLD, min(0.3, 0.001 + 0.001 * n))

@@ -85,3 +85,13 @@ def sample_level(
     lower = min(max(float(lower), 0.0), upper)
     u = lower + (upper - lower) * torch.rand((), generator=generator, dtype=torch.float64).item()
     return float(time_shift(u, shift))
+
+
+def sample_query_level(
+    above: float, shift: float, margin: float, generator: torch.Generator | None = None
+) -> float:
+    """A query level above ``above``: ``s = S(u)``, ``u ~ U[S^-1(above) + margin, 1]`` (sections 5, 8.3).
+
+    The margin keeps ``s`` away from ``above``, where the forward kernel's noise ``b`` vanishes.
+    """
+    return sample_level(float(inverse_time_shift(above, shift)) + margin, shift, generator)

@@ -111,6 +111,17 @@ def test_group_advantages_per_group_std_and_binarised():
     assert torch.allclose(b, sign - sign.mean())
 
 
+def test_binarised_advantages_are_centred_per_group_with_sign_zero_positive():
+    # section 8.4: sign(0) = +1 (a reward equal to its group's mean is a like), centred within each group
+    r = torch.tensor([0.0, 1.0, 2.0, 5.0, 5.0, 5.0, 3.0, 7.0, 9.0, 9.0])
+    g = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
+    valid = torch.tensor([True] * 9 + [False])
+    a = losses.group_advantages(r, valid, g, losses.reward_std(r, valid), binarize=True)
+    # group 0: signs -1, +1 (the mean itself), +1; group 1 all at the mean: all +1, so 0; group 2 (valid 3, 7, 9): -1, +1, +1
+    expected = torch.tensor([-1 - 1 / 3, 1 - 1 / 3, 1 - 1 / 3, 0.0, 0.0, 0.0, -1 - 1 / 3, 1 - 1 / 3, 1 - 1 / 3, 0.0])
+    assert torch.allclose(a, expected, atol=1e-6)
+
+
 # -- losses ------------------------------------------------------------------------------------
 
 
@@ -135,18 +146,26 @@ def test_fake_score_loss_value_and_gradient():
 
 
 def test_surrogate_target_is_the_closed_form_of_the_kernel():
-    x_n, xi = torch.randn(3, 5), torch.randn(3, 5)
+    x_n, xi = torch.randn(3, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
     s_n, s = 0.3, 0.8
     a, b = (float(c) for c in forward_kernel(s_n, s))
     x_s = a * x_n + b * xi
-    v_star = losses.surrogate_target_velocity(x_s, xi, s, b)
+    v_star = losses.surrogate_target_velocity(x_n, xi, s_n, s)
     # conditional score of q(x_s | x_n) is -(x_s - a x_n) / b^2; eps_hat = -s * score; v = (eps_hat - x_s) / (1 - s)
     score = -(x_s - a * x_n) / b**2
-    assert torch.allclose(v_star, (-s * score - x_s) / (1 - s), atol=1e-5)
+    assert torch.allclose(v_star, (-s * score - x_s) / (1 - s), atol=1e-12)
+    assert torch.allclose(v_star, ((s / b) * xi - x_s) / (1 - s), atol=1e-12)
     # from a clean point (s_n = 0) it is the flow-matching target eps - x0
-    a0, b0 = (float(c) for c in forward_kernel(0.0, s))
-    x0 = torch.randn(3, 5)
-    assert torch.allclose(losses.surrogate_target_velocity(a0 * x0 + b0 * xi, xi, s, b0), xi - x0, atol=1e-5)
+    x0 = torch.randn(3, 5, dtype=torch.float64)
+    assert torch.allclose(losses.surrogate_target_velocity(x0, xi, 0.0, s), xi - x0, atol=1e-12)
+
+
+def test_surrogate_target_stays_exact_near_pure_noise():
+    # in float32 at s = 1 - 1e-6 the form ((s / b) xi - x_s) / (1 - s) loses every digit; the code's form does not
+    x_n, xi = torch.randn(4, 8), torch.randn(4, 8)
+    s_n, s = 0.5, 1 - 1e-6
+    exact = losses.surrogate_target_velocity(x_n.double(), xi.double(), s_n, s)
+    assert torch.allclose(losses.surrogate_target_velocity(x_n, xi, s_n, s).double(), exact, rtol=1e-5, atol=1e-5)
 
 
 def _surrogate_inputs(n=4, d=6):
@@ -202,11 +221,12 @@ def test_surrogate_loss_gradient_lowers_l_for_positive_advantages():
 def test_generator_loss_terms_move_x0_along_their_directions():
     n, d = 3, 8
     x0_hat = torch.randn(n, d, requires_grad=True)
-    tc, tu, fk, phi, base = (torch.randn(n, d) for _ in range(5))
-    w, cfg_w, r_w = 4.5, 0.3, 0.7
-    out = losses.generator_loss(x0_hat, tc, tu, fk, w, phi, base, cfg_w, r_w)
+    tc, tu, fk, rc, ru, base = (torch.randn(n, d) for _ in range(6))
+    w, rl_cfg, cfg_w, r_w = 4.5, 2.5, 0.3, 0.7
+    out = losses.generator_loss(x0_hat, tc, tu, fk, w, rc, ru, base, rl_cfg, cfg_w, r_w)
     out.loss.backward()
     x = x0_hat.detach()
+    phi = ru + rl_cfg * (rc - ru)  # the surrogate's own guidance (section 8.1)
     wf = (x - (tu + w * (tc - tu))).abs().mean(1, keepdim=True)
     wr = (x - phi).abs().mean(1, keepdim=True)
     expected = -2 / (d * n) * (cfg_w * (w - 1) * (tc - tu) / wf + r_w * (phi - base) / wr + (tc - fk) / wf)
@@ -214,15 +234,44 @@ def test_generator_loss_terms_move_x0_along_their_directions():
     assert out.loss.item() == pytest.approx((out.guidance + out.reward + out.kl).item())
 
 
-def test_generator_loss_without_reward_and_late_scale():
+def test_reward_direction_at_the_teacher_is_guidance():
+    # While R == T (R_c = B = Tc', R_u = Tu' at the surrogate's point), Phi - B = (rl_cfg - 1)(Tc' - Tu').
+    n, d, rl_cfg, r_w = 2, 6, 4.5, 0.7
+    x0_hat = torch.randn(n, d, requires_grad=True)
+    tc = tu = fk = torch.randn(n, d)  # guidance and KL directions vanish: the gradient is the reward term's
+    tc2, tu2 = torch.randn(n, d), torch.randn(n, d)
+    with_reward = losses.generator_loss(x0_hat, tc, tu, fk, 4.5, tc2, tu2, tc2, rl_cfg, 0.3, r_w)
+    (grad,) = torch.autograd.grad(with_reward.loss, x0_hat)
+    x = x0_hat.detach()
+    wr = (x - (tu2 + rl_cfg * (tc2 - tu2))).abs().mean(1, keepdim=True)
+    assert torch.allclose(grad, -2 / (n * d) * r_w * (rl_cfg - 1) * (tc2 - tu2) / wr, atol=1e-6)
+
+
+def test_plain_tdm_distils_the_teachers_guidance():
+    # section 8.2: without the reward term the loss is 0.3 (cfg + KL); its gradient vanishes where the fake
+    # score sits at the teacher guided by w = 4.5 (with 0.3 cfg + KL it would vanish at w = 1 + 0.3 * 3.5)
+    n, d, w = 3, 5, 4.5
+    x0_hat = torch.randn(n, d, requires_grad=True)
+    tc, tu = torch.randn(n, d), torch.randn(n, d)
+
+    def grad_at(fake):
+        out = losses.generator_loss(x0_hat, tc, tu, fake, w)
+        return torch.autograd.grad(out.loss, x0_hat)[0]
+
+    assert grad_at(tu + w * (tc - tu)).abs().max() < 1e-6
+    assert grad_at(tu + (1 + 0.3 * (w - 1)) * (tc - tu)).abs().max() > 1e-3
+
+
+def test_generator_loss_without_reward_weighs_both_terms_by_cfg_weight():
     x0_hat = torch.randn(2, 4, requires_grad=True)
     tc, tu, fk = torch.randn(2, 4), torch.randn(2, 4), torch.randn(2, 4)
-    full = losses.generator_loss(x0_hat, tc, tu, fk, 4.5)
-    late = losses.generator_loss(x0_hat, tc, tu, fk, 4.5, other_scale=0.3)
-    assert full.reward == 0
-    assert late.loss.item() == pytest.approx(0.3 * full.loss.item(), rel=1e-5)
-    with pytest.raises(ValueError, match="surrogate_base"):
-        losses.generator_loss(x0_hat, tc, tu, fk, 4.5, surrogate=tc)
+    out = losses.generator_loss(x0_hat, tc, tu, fk, 4.5, cfg_weight=0.3)
+    unit = losses.generator_loss(x0_hat, tc, tu, fk, 4.5, cfg_weight=1.0)
+    assert out.reward == 0
+    assert out.loss.item() == pytest.approx(0.3 * unit.loss.item(), rel=1e-6)
+    assert out.kl.item() == pytest.approx(0.3 * unit.kl.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="surrogate_cond, surrogate_uncond and surrogate_base"):
+        losses.generator_loss(x0_hat, tc, tu, fk, 4.5, surrogate_cond=tc)
 
 
 def test_renoise_matches_the_kernel():

@@ -183,6 +183,11 @@ class RoleTransformers(nn.Module):
     In ``lora`` mode there is one set of base weights; the teacher is the base with adapters
     disabled and every other role is an adapter (initialised with B = 0, so equal to the teacher).
     In ``full`` mode each role is a full copy of the base, which stays the frozen teacher.
+
+    With ``gradient_checkpointing`` the denoiser's blocks recompute their activations in the
+    backward pass. In ``lora`` mode that recomputation runs after other roles have been queried, so
+    each checkpointed block records the role it ran as and recomputes as that role (its own LoRA
+    layers switched for the duration): every role's gradient equals the one without checkpointing.
     """
 
     def __init__(
@@ -193,6 +198,7 @@ class RoleTransformers(nn.Module):
         lora_rank: int = 32,
         lora_alpha: float = 64.0,
         lora_target_modules: Sequence[str] = DEFAULT_LORA_TARGETS,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.roles = [r for r in roles if r != TEACHER]
@@ -200,6 +206,7 @@ class RoleTransformers(nn.Module):
         if unknown:
             raise ValueError(f"unknown roles {sorted(unknown)}")
         self.roles_as = roles_as
+        self.lora_rank, self.lora_alpha = lora_rank, float(lora_alpha)
         self.base = base.requires_grad_(False).eval()
         self._active: str | None = None
         if roles_as == "lora":
@@ -219,17 +226,24 @@ class RoleTransformers(nn.Module):
                 role: sorted(n for n, _ in base.named_parameters() if f".{role}." in n and ".lora_" in n)
                 for role in self.roles
             }
-            params = dict(base.named_parameters())
-            self._trainable_flags = []
-            for role, names in self._role_names.items():
-                for n in names:
-                    params[n].data = params[n].data.float()  # adapters train in fp32 over a low-precision base
-                    self._trainable_flags.append((params[n], role in TRAINED_ROLES))
-            self._restore_trainable()
+            # Each LoRA layer's adapter tensors and whether they train, to undo peft's requires_grad changes.
+            self._trainable_flags = {
+                layer: [(p, n.split(".")[1] in TRAINED_ROLES) for n, p in layer.named_parameters() if n.startswith("lora_")]
+                for layer in self._tuner_layers
+            }
+            for flags in self._trainable_flags.values():
+                for p, _ in flags:
+                    p.data = p.data.float()  # adapters train in fp32 over a low-precision base
+            self._restore_trainable(self._tuner_layers)
+            self._block_layers: dict[nn.Module, list[nn.Module]] = {}
+            if gradient_checkpointing:
+                _enable_checkpointing(base, self._checkpoint_as_active_role)
         elif roles_as == "full":
             self.copies = nn.ModuleDict({role: copy.deepcopy(base) for role in self.roles})
             for role, module in self.copies.items():
                 module.requires_grad_(role in TRAINED_ROLES).train(role in TRAINED_ROLES)
+                if gradient_checkpointing and role in TRAINED_ROLES:
+                    _enable_checkpointing(module)  # a copy is its role: recomputation needs no switching
         else:
             raise ValueError(f"roles_as must be 'lora' or 'full', got {roles_as!r}")
         for role in self.roles:  # an EMA starts as its source (LoRA A matrices are drawn per adapter)
@@ -238,11 +252,45 @@ class RoleTransformers(nn.Module):
 
     # -- role selection -----------------------------------------------------------------------
 
-    def _restore_trainable(self) -> None:
+    def _restore_trainable(self, layers: Iterable[nn.Module]) -> None:
         # peft's set_adapter flips requires_grad to follow the active adapter; our trained roles keep
         # requiring grad so that switching roles between a forward and its backward changes nothing.
-        for param, trainable in self._trainable_flags:
-            param.requires_grad_(trainable)
+        for layer in layers:
+            for param, trainable in self._trainable_flags[layer]:
+                param.requires_grad_(trainable)
+
+    def _switch_layers(self, layers: Sequence[nn.Module], role: str) -> None:
+        """Make ``layers`` (LoRA layers of the base) compute ``role``."""
+        for layer in layers:
+            if role == TEACHER:
+                layer.enable_adapters(False)
+            else:
+                layer.enable_adapters(True)
+                layer.set_adapter(role)
+        self._restore_trainable(layers)
+
+    @contextlib.contextmanager
+    def _block_as(self, block: nn.Module, role: str) -> Iterator[None]:
+        """Within the context, ``block``'s LoRA layers compute ``role``, whichever role is active."""
+        if role == self._active:
+            yield
+            return
+        layers = self._block_layers.get(block)
+        if layers is None:
+            layers = self._block_layers[block] = [m for m in block.modules() if m in self._trainable_flags]
+        self._switch_layers(layers, role)
+        try:
+            yield
+        finally:
+            self._switch_layers(layers, self._active)
+
+    def _checkpoint_as_active_role(self, block: nn.Module, *args):
+        """Activation checkpointing of one block whose recomputation runs as the role of its forward."""
+        role = self._active
+        return torch.utils.checkpoint.checkpoint(
+            block.__call__, *args, use_reentrant=False,
+            context_fn=lambda: (contextlib.nullcontext(), self._block_as(block, role)),
+        )
 
     def activate(self, role: str) -> nn.Module:
         """Return the module that computes ``role`` (switching the active adapter where needed)."""
@@ -251,13 +299,7 @@ class RoleTransformers(nn.Module):
         if self.roles_as == "full":
             return self.base if role == TEACHER else self.copies[role]
         if role != self._active:
-            for layer in self._tuner_layers:
-                if role == TEACHER:
-                    layer.enable_adapters(False)
-                else:
-                    layer.enable_adapters(True)
-                    layer.set_adapter(role)
-            self._restore_trainable()
+            self._switch_layers(self._tuner_layers, role)
             self._active = role
         return self.base
 
@@ -358,7 +400,7 @@ class RoleTransformers(nn.Module):
             for head, ab in pairs.items():
                 weight = modules[head].weight
                 rank = ab["A"].shape[0]
-                delta = (ab["B"].float() @ ab["A"].float()) * (self._lora_alpha_for_merge / rank)
+                delta = (ab["B"].float() @ ab["A"].float()) * (self.lora_alpha / rank)
                 if delta.shape != weight.shape:
                     raise LoraCheckpointError(
                         f"{source}: {head}: LoRA update {tuple(delta.shape)} vs weight {tuple(weight.shape)}"
@@ -366,7 +408,12 @@ class RoleTransformers(nn.Module):
                 weight.add_(delta.to(weight.dtype))
         return len(state_dict)
 
-    _lora_alpha_for_merge: float = 1.0
+
+def _enable_checkpointing(denoiser: nn.Module, checkpoint_fn=None) -> None:
+    """Turn on a diffusers denoiser's activation checkpointing (with ``checkpoint_fn`` per block if given)."""
+    if not getattr(denoiser, "_supports_gradient_checkpointing", False):
+        raise ValueError(f"gradient_checkpointing: {type(denoiser).__name__} does not support activation checkpointing")
+    denoiser.enable_gradient_checkpointing(gradient_checkpointing_func=checkpoint_fn)
 
 
 # --------------------------------------------------------------------------------------------
@@ -389,7 +436,10 @@ class RectifiedFlowBackbone(nn.Module, ABC):
 
     @abstractmethod
     def transformer_forward(self, module: nn.Module, x: Tensor, t: Tensor, cond: Condition) -> Tensor:
-        """Call the denoiser ``module`` on latents ``x`` at timesteps ``t = 1000 s``; return the velocity."""
+        """Call the denoiser ``module`` on latents ``x`` at float32 timesteps ``t = 1000 s``; return the velocity.
+
+        Pass ``t`` on in float32: a family's timestep embedding computes its sinusoids in float32.
+        """
 
     @abstractmethod
     def encode_prompts(self, prompts: list[str]) -> Condition:
@@ -419,7 +469,8 @@ class RectifiedFlowBackbone(nn.Module, ABC):
     def velocity(self, role: str, x: Tensor, s: float | Tensor, cond: Condition) -> Tensor:
         """The velocity of ``role`` at ``(x, s)``; ``s`` is one level for the batch or one per sample."""
         module = self.roles.activate(role)
-        t = (1000.0 * torch.as_tensor(s, device=x.device, dtype=x.dtype)).expand(x.shape[0])
+        # float32 whatever the weights' dtype: in bfloat16, t = 750 would reach the network as 752
+        t = (1000.0 * torch.as_tensor(s, device=x.device, dtype=torch.float32)).expand(x.shape[0])
         return self.transformer_forward(module, x, t, cond).to(x.dtype)
 
     def velocity_cond_uncond(self, role: str, x: Tensor, s: float, cond: Condition) -> tuple[Tensor, Tensor]:

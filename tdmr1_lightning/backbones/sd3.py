@@ -45,7 +45,8 @@ class SD3Backbone(RectifiedFlowBackbone):
             first step instead of zero until the fake score has learnt the generator's samples.
         dtype: Storage dtype of the frozen weights (adapters always train in float32).
         max_sequence_length: T5 tokens per prompt.
-        gradient_checkpointing: Recompute transformer activations in backward to save memory.
+        gradient_checkpointing: Recompute the transformer's activations in the backward pass to save
+            memory; every role recomputes as itself, so the gradients equal those without it.
         revision: Hub revision (branch, tag or commit) of ``pretrained_model``.
         variant: Weight variant to load (e.g. ``fp16``).
     """
@@ -99,14 +100,13 @@ class SD3Backbone(RectifiedFlowBackbone):
             raise ValueError(
                 f"resolution {self.resolution} is not a multiple of {factor} (VAE factor x patch size) for {self.pretrained_model}"
             )
-        if self.gradient_checkpointing:
-            transformer.enable_gradient_checkpointing()
         self.vae = pipe.vae.requires_grad_(False).eval() if pipe.vae is not None else None
         self.text_encoders = nn.ModuleList(
             [e.requires_grad_(False).eval() for e in (pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3) if e is not None]
         )
-        self.roles = RoleTransformers(transformer, roles, self.roles_as, **self.lora)
-        self.roles._lora_alpha_for_merge = float(self.lora["lora_alpha"])
+        self.roles = RoleTransformers(
+            transformer, roles, self.roles_as, **self.lora, gradient_checkpointing=self.gradient_checkpointing
+        )
         if self.generator_checkpoint is not None:
             state = load_lora_state_dict(self.generator_checkpoint)
             self.roles.load_lora_(GENERATOR, state, f"generator_checkpoint {self.generator_checkpoint}")
@@ -152,7 +152,7 @@ class SD3Backbone(RectifiedFlowBackbone):
         dtype = self.dtype if not torch.is_autocast_enabled(x.device.type) else x.dtype
         return module(
             hidden_states=x.to(dtype),
-            timestep=t.to(dtype),
+            timestep=t.float(),  # SD3's sinusoidal embedding computes in float32, then casts
             encoder_hidden_states=cond.tensors["embeds"].to(dtype),
             pooled_projections=cond.tensors["pooled"].to(dtype),
             return_dict=False,

@@ -27,6 +27,7 @@ class TinySD3Backbone(SD3Backbone):
         fake_checkpoint: Optional LoRA state dict to start the fake score from.
         dtype: Storage dtype of the frozen weights.
         max_sequence_length: T5 tokens per prompt.
+        gradient_checkpointing: Recompute the transformer's activations in the backward pass (as :class:`SD3Backbone`).
         num_layers: Transformer blocks (used only when the folder is built).
         attention_head_dim: Attention head size (idem).
         num_attention_heads: Attention heads (idem).
@@ -51,6 +52,7 @@ class TinySD3Backbone(SD3Backbone):
         fake_checkpoint: str | None = None,
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         max_sequence_length: int = 64,
+        gradient_checkpointing: bool = False,
         num_layers: int = 2,
         attention_head_dim: int = 16,
         num_attention_heads: int = 2,
@@ -67,8 +69,7 @@ class TinySD3Backbone(SD3Backbone):
         super().__init__(
             str(path), resolution=resolution, roles_as=roles_as, lora_rank=lora_rank, lora_alpha=lora_alpha,
             lora_target_modules=lora_target_modules, generator_checkpoint=generator_checkpoint, fake_checkpoint=fake_checkpoint,
-            dtype=dtype,
-            max_sequence_length=max_sequence_length,
+            dtype=dtype, max_sequence_length=max_sequence_length, gradient_checkpointing=gradient_checkpointing,
         )
 
 

@@ -1,0 +1,136 @@
+"""What a GPU run trains, checked on the tiny SD3: activation checkpointing with role adapters, the
+surrogate's guidance, the EMA step index and the timestep's precision (docs/architecture.md)."""
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from tdmr1_lightning import losses
+from tdmr1_lightning.backbones import SD3Backbone
+from tdmr1_lightning.backbones.base import FAKE, GENERATOR, GENERATOR_EMA, SURROGATE, SURROGATE_OLD, TEACHER
+from tdmr1_lightning.cli import build_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _in_repo_root(monkeypatch):
+    monkeypatch.chdir(ROOT)
+
+
+def _fit(tmp_path, tiny_sd3_path, *extra, callbacks=()):
+    cli = build_cli([
+        "--config", "configs/tiny.yaml", f"--model.backbone.init_args.directory={tiny_sd3_path}",
+        f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false", "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false",
+        "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+        *extra,
+    ], run=False)
+    cli.trainer.callbacks.extend(callbacks)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    return cli
+
+
+class Gradients(L.Callback):
+    """Every trained role's gradient at each optimizer step (before it is applied)."""
+
+    def __init__(self):
+        self.steps: list[dict[str, torch.Tensor]] = []
+
+    def on_before_optimizer_step(self, trainer, module, optimizer):
+        roles = module.backbone.roles
+        grads = {}
+        for role in (GENERATOR, FAKE, SURROGATE):
+            params = roles.parameters_of(role) if role in roles.roles else []
+            if any(p in {id(q) for g in optimizer.param_groups for q in g["params"]} for p in map(id, params)):
+                grads[role] = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
+        self.steps.append(grads)
+
+
+def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+@pytest.mark.parametrize("mode", ["tdm", "tdmr1"])
+def test_gradient_checkpointing_trains_exactly_the_same_updates(tmp_path, tiny_sd3_path, mode):
+    # Between the generator's forward and its backward the fake score, the teacher and the surrogate are
+    # queried: a recomputation with whichever adapter is active then would give another role's gradient.
+    extra = ["--trainer.max_steps=2", "--model.gradient_clip=0"] + (["--model.rewards=null"] if mode == "tdm" else [])
+    runs = {}
+    for checkpointing in (False, True):
+        grads = Gradients()
+        cli = _fit(tmp_path / str(checkpointing), tiny_sd3_path, *extra,
+                   f"--model.backbone.init_args.gradient_checkpointing={str(checkpointing).lower()}", callbacks=[grads])
+        roles = cli.model.backbone.roles
+        params = {r: torch.cat([p.detach().flatten() for p in roles.parameters_of(r)]) for r in roles.roles}
+        runs[checkpointing] = (grads.steps, params)
+    (plain_grads, plain_params), (ckpt_grads, ckpt_params) = runs[False], runs[True]
+    assert len(plain_grads) == len(ckpt_grads) == 4  # two updates, critic then generator
+    trained = {role for step in plain_grads for role in step}
+    assert trained == ({GENERATOR, FAKE} if mode == "tdm" else {GENERATOR, FAKE, SURROGATE})
+    for plain, ckpt in zip(plain_grads, ckpt_grads):
+        assert plain.keys() == ckpt.keys()
+        for role in plain:
+            assert plain[role].norm() > 0, role
+            assert _relative_error(ckpt[role], plain[role]) <= 1e-6, role
+    for role in plain_params:
+        assert _relative_error(ckpt_params[role], plain_params[role]) <= 1e-6, role
+
+
+def test_gradient_checkpointing_in_full_copy_mode(tmp_path, tiny_sd3_path):
+    runs = []
+    for checkpointing in ("false", "true"):
+        cli = _fit(tmp_path / checkpointing, tiny_sd3_path, "--trainer.max_steps=1", "--model.backbone.init_args.roles_as=full",
+                   f"--model.backbone.init_args.gradient_checkpointing={checkpointing}")
+        runs.append({r: torch.cat([p.detach().flatten() for p in cli.model.backbone.roles.parameters_of(r)]) for r in (GENERATOR, FAKE, SURROGATE)})
+    for role in runs[0]:
+        assert _relative_error(runs[1][role], runs[0][role]) <= 1e-6, role
+
+
+def test_ema_decays_count_the_updates_made_before(tmp_path, tiny_sd3_path):
+    # section 8.6: the first generator EMA decay is (1 + 0) / (10 + 0) = 0.1, the first surrogate-old decay 0.001
+    before = {}
+
+    class Start(L.Callback):
+        def on_fit_start(self, trainer, module):
+            roles = module.backbone.roles
+            before.update({r: [p.detach().clone() for p in roles.parameters_of(r)] for r in (GENERATOR, SURROGATE)})
+
+    cli = _fit(tmp_path, tiny_sd3_path, "--trainer.max_steps=1", callbacks=[Start()])
+    roles = cli.model.backbone.roles
+    for ema, source, decay in ((GENERATOR_EMA, GENERATOR, 0.1), (SURROGATE_OLD, SURROGATE, 0.001)):
+        # the EMA started equal to its source: after one update ema = decay * start + (1 - decay) * source
+        for e, s, s0 in zip(roles.parameters_of(ema), roles.parameters_of(source), before[source]):
+            assert torch.allclose(e, decay * s0 + (1 - decay) * s, atol=1e-7), ema
+
+
+def test_surrogate_guidance_is_its_own(tmp_path, tiny_sd3_path, monkeypatch):
+    # section 8.1: the reward term gets the surrogate's conditional AND unconditional predictions; while
+    # the surrogate still equals the teacher its conditional one is the teacher's B exactly
+    seen = []
+    real = losses.generator_loss
+
+    def spy(*args, **kwargs):
+        seen.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(losses, "generator_loss", spy)
+    cli = _fit(tmp_path, tiny_sd3_path, "--trainer.max_steps=1", "--model.rl_guidance_scale=3.0")
+    assert seen
+    for x0_hat, tc, tu, fake, w, r_cond, r_uncond, base, rl_cfg, *_ in seen:
+        assert rl_cfg == 3.0 and w == cli.model.hparams.guidance_scale
+        assert torch.equal(r_cond, base)
+        assert (r_cond - r_uncond).abs().max() > 1e-4  # the prompt matters to the tiny model: guidance is not trivial
+
+
+def test_timestep_reaches_the_network_in_float32(tiny_sd3_path):
+    bb = SD3Backbone(str(tiny_sd3_path), resolution=32, lora_rank=4, lora_alpha=8, dtype="bfloat16", max_sequence_length=16)
+    bb.build([GENERATOR])
+    seen = []
+    bb.roles.base.time_text_embed.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    x = torch.randn(2, *bb.latent_shape)
+    v = bb.velocity(TEACHER, x, 0.75, bb.encode_prompts(["a", "b"]))
+    assert v.dtype == torch.float32
+    (t,) = seen
+    assert t.dtype == torch.float32 and t.tolist() == [750.0, 750.0]  # in bfloat16 it would be 752
