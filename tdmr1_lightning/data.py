@@ -2,9 +2,13 @@
 
 One RL step draws ``prompts_per_step`` (P) prompts across all processes and samples
 each of them ``group_size`` (G) times, so rewards can be normalised within a group.
-The sampler hands each process its share of the step's prompts (P / world size),
-and the collate function repeats each prompt G times, so one DataLoader batch is
-exactly one RL step's worth of samples for this process.
+A group is held by one process, or shared by ``processes_per_group`` (q) processes that
+each hold ``G / q`` of its samples (the reference runs groups of 24 as 12 or 6 a GPU).
+The sampler hands each set of q processes its share of the step's prompts (P q / world
+size), and the collate function repeats each prompt ``G / q`` times, so one DataLoader
+batch is exactly one RL step's worth of samples for this process. Every sample carries
+its group's index and its own index within the step (``group_index``, ``sample_index``),
+the same on whichever process holds it.
 """
 
 from __future__ import annotations
@@ -270,18 +274,23 @@ class ResumableLoader(DataLoader):
         self._resume_at = (int(state_dict["epoch"]), int(state_dict["batches"]))
 
 
-def collate_groups(records: list[dict[str, Any]], group_size: int) -> dict[str, Any]:
-    """Repeat each prompt record ``group_size`` times, contiguously.
+def collate_groups(
+    records: list[dict[str, Any]], group_size: int, shares: int = 1, share: int = 0, first_group: int = 0
+) -> dict[str, Any]:
+    """Repeat each prompt record ``group_size / shares`` times, contiguously: this process's share of each group.
 
-    Sample ``g * group_size + k`` is the ``k``-th draw of prompt ``g``; ``group_index``
-    carries ``g`` so group-relative advantages can be computed with a reshape or a
-    scatter. ``metadata`` is the record minus ``"prompt"`` (and ``"_index"``), copied
-    per sample so a consumer mutating one sample's metadata cannot affect another.
-    ``prompt_index`` (dataset indices) is present when the records came from a
-    :class:`PromptDataset`.
+    Record ``i`` is the step's group ``g = first_group + i`` (``group_index``); its samples
+    here are the group's draws ``share * group_size / shares`` onwards, and draw ``k`` of
+    group ``g`` has ``sample_index`` ``g * group_size + k`` in the step. ``metadata`` is the
+    record minus ``"prompt"`` (and ``"_index"``), copied per sample so a consumer mutating
+    one sample's metadata cannot affect another. ``prompt_index`` (dataset indices) is
+    present when the records came from a :class:`PromptDataset`.
     """
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
+    if shares < 1 or group_size % shares or not 0 <= share < shares:
+        raise ValueError(f"cannot take share {share} of {shares} of a group of {group_size}")
+    copies = group_size // shares
     has_index = [_INDEX_KEY in r for r in records]
     if any(has_index) and not all(has_index):
         raise ValueError(f"either all records or none must carry {_INDEX_KEY!r}")
@@ -290,25 +299,30 @@ def collate_groups(records: list[dict[str, Any]], group_size: int) -> dict[str, 
     metadata: list[dict[str, Any]] = []
     for record in records:
         meta = {k: v for k, v in record.items() if k not in ("prompt", _INDEX_KEY)}
-        prompts.extend([record["prompt"]] * group_size)
-        metadata.extend(copy.deepcopy(meta) for _ in range(group_size))
+        prompts.extend([record["prompt"]] * copies)
+        metadata.extend(copy.deepcopy(meta) for _ in range(copies))
 
+    group_index = (first_group + torch.arange(len(records), dtype=torch.long)).repeat_interleave(copies)
+    draw = share * copies + torch.arange(copies, dtype=torch.long).repeat(len(records))
     batch: dict[str, Any] = {
         "prompts": prompts,
         "metadata": metadata,
-        "group_index": torch.arange(len(records), dtype=torch.long).repeat_interleave(group_size),
+        "group_index": group_index,
+        "sample_index": group_index * group_size + draw,
     }
     if records and all(has_index):
         indices = torch.tensor([r[_INDEX_KEY] for r in records], dtype=torch.long)
-        batch["prompt_index"] = indices.repeat_interleave(group_size)
+        batch["prompt_index"] = indices.repeat_interleave(copies)
     return batch
 
 
 class PromptDataModule(lightning.LightningDataModule):
     """Prompt sets for RL post-training: one training batch is one RL step.
 
-    Each training batch holds this process's share of the step's prompts
-    (``prompts_per_step / world_size``), each repeated ``group_size`` times.
+    Each training batch holds this process's share of the step's samples
+    (``prompts_per_step x group_size / world_size``): whole groups
+    (``processes_per_group: 1``), or ``group_size / processes_per_group`` samples of each
+    of the groups it shares with ``processes_per_group - 1`` other processes.
 
     Args:
         train_prompts: Training prompt file: ``.txt`` (one prompt a line, ``#``
@@ -317,8 +331,12 @@ class PromptDataModule(lightning.LightningDataModule):
         val_prompts: Optional validation prompt file, same formats; validation is
             skipped when it is not given.
         prompts_per_step: Distinct prompts per RL step across all processes; must be
-            divisible by the number of processes.
+            divisible by the number of processes / ``processes_per_group``.
         group_size: Samples generated per prompt in a step (the GRPO group size).
+        processes_per_group: Processes that share each group (1: each process holds whole
+            groups). Group means, the reward std and the surrogate's group sums are reduced
+            across processes either way; with ``q > 1`` a process holds ``group_size / q``
+            samples of each of its groups and its micro-batches may be smaller than a group.
         val_batch_size: Validation prompts per batch (each sampled once).
         shuffle: Shuffle the training prompts every epoch.
         shuffle_seed: Seed of the per-epoch prompt permutation (combined with the epoch); ``None``:
@@ -332,6 +350,7 @@ class PromptDataModule(lightning.LightningDataModule):
         val_prompts: str | None = None,
         prompts_per_step: int = 48,
         group_size: int = 24,
+        processes_per_group: int = 1,
         val_batch_size: int = 8,
         shuffle: bool = True,
         shuffle_seed: int | None = None,
@@ -341,6 +360,7 @@ class PromptDataModule(lightning.LightningDataModule):
         for name, value, minimum in (
             ("prompts_per_step", prompts_per_step, 1),
             ("group_size", group_size, 1),
+            ("processes_per_group", processes_per_group, 1),
             ("val_batch_size", val_batch_size, 1),
             ("num_workers", num_workers, 0),
         ):
@@ -352,6 +372,11 @@ class PromptDataModule(lightning.LightningDataModule):
         self.val_prompts = val_prompts
         self.prompts_per_step = prompts_per_step
         self.group_size = group_size
+        if group_size % processes_per_group:
+            raise ValueError(
+                f"data.group_size={group_size} does not split into data.processes_per_group={processes_per_group} equal shares"
+            )
+        self.processes_per_group = processes_per_group
         self.val_batch_size = val_batch_size
         self.shuffle = shuffle
         self.shuffle_seed = shuffle_seed
@@ -367,41 +392,56 @@ class PromptDataModule(lightning.LightningDataModule):
         trainer = self.trainer
         world_size = trainer.world_size if trainer is not None else 1
         rank = trainer.global_rank if trainer is not None else 0
-        if self.prompts_per_step % world_size != 0:
+        q = self.processes_per_group
+        if world_size % q:
+            raise ValueError(
+                f"data.processes_per_group={q} does not divide the world size ({world_size}): "
+                "every group must be shared by the same number of processes"
+            )
+        if self.prompts_per_step % (world_size // q) != 0:
             raise ValueError(
                 f"prompts_per_step={self.prompts_per_step} must be divisible by the world size "
-                f"({world_size}) so every process gets the same number of prompts per step"
+                f"({world_size}) / data.processes_per_group ({q}) so every process gets the same number of prompts per step"
             )
         self.world_size, self.rank = world_size, rank
 
     @property
     def prompts_per_step_local(self) -> int:
-        """Prompts this process handles per RL step (after ``setup``)."""
+        """Prompts (whole groups or shares of them) this process handles per RL step (after ``setup``)."""
         if self.world_size is None:
             raise RuntimeError("PromptDataModule.setup() has not been called yet")
-        return self.prompts_per_step // self.world_size
+        return self.prompts_per_step * self.processes_per_group // self.world_size
+
+    @property
+    def samples_per_group_local(self) -> int:
+        """Samples of each of its groups that one process holds: ``group_size / processes_per_group``."""
+        return self.group_size // self.processes_per_group
 
     @property
     def samples_per_step_local(self) -> int:
-        """Samples (prompts x group size) this process generates per RL step (after ``setup``)."""
-        return self.prompts_per_step_local * self.group_size
+        """Samples this process generates per RL step (after ``setup``)."""
+        return self.prompts_per_step_local * self.samples_per_group_local
 
     def train_dataloader(self) -> DataLoader:
         if self.world_size is None or self.rank is None:
             raise RuntimeError("PromptDataModule.setup() has not been called yet")
+        q = self.processes_per_group
+        # The q processes of a set draw the same prompts and take one share of each group.
+        process_set, share = divmod(self.rank, q)
         sampler = GroupedPromptSampler(
             PromptDataset(self.train_records),
             prompts_per_step=self.prompts_per_step,
-            num_replicas=self.world_size,
-            rank=self.rank,
+            num_replicas=self.world_size // q,
+            rank=process_set,
             shuffle=self.shuffle,
             seed=self.shuffle_seed,
         )
+        collate = functools.partial(
+            collate_groups, group_size=self.group_size, shares=q, share=share,
+            first_group=process_set * self.prompts_per_step_local,
+        )
         return ResumableLoader(
-            sampler.dataset,
-            batch_size=self.prompts_per_step_local,
-            sampler=sampler,
-            collate_fn=functools.partial(collate_groups, group_size=self.group_size),
+            sampler.dataset, batch_size=self.prompts_per_step_local, sampler=sampler, collate_fn=collate,
             num_workers=self.num_workers,
         )
 

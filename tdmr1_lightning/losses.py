@@ -7,6 +7,7 @@ tested on small tensors. Shapes: a batch is ``(N, ...)``; per-sample quantities 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -16,6 +17,17 @@ from .schedule import forward_kernel
 
 def _per_sample_mean(x: Tensor) -> Tensor:
     return x.flatten(1).mean(1)
+
+
+GroupSum = Callable[[Tensor, Tensor], Tensor]
+"""``(values, group_index) -> per-sample sum of values over the sample's group``."""
+
+
+def sum_over_group(values: Tensor, group_index: Tensor) -> Tensor:
+    """Per sample, the sum of ``values`` over the members of its group in this batch."""
+    _, group = torch.unique(group_index, return_inverse=True)
+    sums = torch.zeros(int(group.max()) + 1 if group.numel() else 0, dtype=values.dtype, device=values.device)
+    return sums.index_add_(0, group, values)[group]
 
 
 def shifted_mse(x: Tensor, direction: Tensor) -> Tensor:
@@ -153,12 +165,14 @@ def surrogate_loss(
     trust_threshold: float = 0.05,
     lambda_kl: float = 1e-3,
     step_weight: float = 1.0,
+    group_sum: GroupSum = sum_over_group,
 ) -> SurrogateLossOutput:
     """DGPO: the advantage-weighted denoising loss of the surrogate with both clips and the group weight.
 
     ``L_R = step_weight * [ mean_i(w_g(i) A_i l_i) + lambda_kl * mean || v_R - sg(v_T) ||^2 ]`` with
-    ``l_i = mean || v* - v_R ||^2``; ``step_weight`` is ``(j' + 1) / K``. The batch must hold whole groups
-    (``group_index``): ``S_g`` sums over a group's members and divides by their count ``G``.
+    ``l_i = mean || v* - v_R ||^2``; ``step_weight`` is ``(j' + 1) / K``. ``S_g`` sums over a group's
+    members and divides by their count ``G``, both through ``group_sum``: over this batch by default
+    (it must hold whole groups), across processes when they share groups (section 8.5).
     """
     v_r = v_surrogate.float()
     v_target = v_target.detach().float()
@@ -173,10 +187,8 @@ def surrogate_loss(
         ref_ratio = torch.exp(l_ref - l)
         moved = ((adv > 0) & (ref_ratio > 1)) | ((adv < 0) & (ref_ratio < 1))
         trust = moved & (kl_value > trust_threshold)
-        _, group = torch.unique(group_index, return_inverse=True)
-        size = torch.bincount(group).to(l.dtype)
-        score = torch.zeros_like(size).index_add_(0, group, adv * beta * (l - l_ref)) / size
-        weight = torch.sigmoid(score)[group]
+        score = group_sum(adv * beta * (l - l_ref), group_index) / group_sum(torch.ones_like(l), group_index)
+        weight = torch.sigmoid(score)
     l_used = torch.where(ppo | trust, l.detach(), l)
     kl = _per_sample_mean((v_r - v_teacher.detach().float()) ** 2).mean()
     loss = step_weight * ((weight * adv * l_used).mean() + lambda_kl * kl)

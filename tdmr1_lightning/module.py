@@ -10,6 +10,7 @@ logging and checkpoint intervals count what a user expects.
 from __future__ import annotations
 
 import contextlib
+import functools
 import multiprocessing
 import time
 import warnings
@@ -60,6 +61,10 @@ def _build_rewards(entries: list[dict[str, Any]] | None, where: str = "model.rew
 def _append(sums: dict[str, list[Tensor]], logs: dict[str, Tensor]) -> None:
     for key, value in logs.items():
         sums.setdefault(key, []).append(value)
+
+
+# Keys of the training noise streams (ints: a tuple's hash is then the same in every process).
+_ROLLOUT, _FAKE_NOISE, _GENERATOR_NOISE, _GENERATOR_GROUP_NOISE, _SURROGATE_GROUP_NOISE = range(5)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -215,15 +220,17 @@ class TDMR1Module(L.LightningModule):
         group_size = getattr(datamodule, "group_size", None)
         if stage == "fit" and group_size is not None:
             mbs = self.hparams.micro_batch_size
-            if mbs % group_size:
-                raise ValueError(
-                    f"model.micro_batch_size={mbs} does not hold whole groups of data.group_size={group_size}: "
-                    f"use a multiple of {group_size}"
-                )
+            # A micro-batch holds whole groups, or whole shares of groups that other processes hold the rest of
+            # in their micro-batch of the same index: the group sums S_g are then complete across processes.
+            share = getattr(datamodule, "samples_per_group_local", group_size)
+            if mbs % share:
+                held = (f"whole groups of data.group_size={group_size}" if share == group_size else
+                        f"whole shares of a group ({share} samples: data.group_size={group_size} / data.processes_per_group)")
+                raise ValueError(f"model.micro_batch_size={mbs} does not hold {held}: use a multiple of {share}")
             local = getattr(datamodule, "samples_per_step_local", None)
             if local is not None and local % mbs:
                 raise ValueError(
-                    f"a step's {local} samples per process (data.prompts_per_step / world size x data.group_size) "
+                    f"a step's {local} samples per process (data.prompts_per_step x data.group_size / world size) "
                     f"do not split into micro-batches of model.micro_batch_size={mbs}"
                 )
         # Rewards refuse prompts they cannot score (an OCR prompt without target text, ...) now, not mid-run.
@@ -262,15 +269,26 @@ class TDMR1Module(L.LightningModule):
     # Sampling
     # ------------------------------------------------------------------------------------------
 
-    def _noise_generator(self, step: int, salt: int = 0) -> torch.Generator:
-        rank = self.global_rank if self._trainer is not None else 0
-        return keyed_generator(self.hparams.noise_seed, rank, step, salt, device=self.device)
+    def keyed_noise(self, shape: tuple[int, ...], keys: Tensor, *key: int) -> Tensor:
+        """Standard normal noise ``(len(keys), *shape)``, row ``i`` drawn from its own stream keyed by
+        ``(noise_seed, *key, keys[i])``: a sample (or a group) gets the same noise on whichever process
+        holds it, so an update does not depend on how samples are split between processes."""
+        def draw(k: int) -> Tensor:
+            generator = keyed_generator(self.hparams.noise_seed, *key, k, device=self.device)
+            return torch.randn(shape, generator=generator, device=self.device)
+
+        unique, inverse = torch.unique(keys, return_inverse=True)
+        return torch.stack([draw(int(k)) for k in unique.tolist()])[inverse.to(self.device)]
 
     @torch.no_grad()
-    def rollout(self, cond: Condition, role: str = GENERATOR, generator: torch.Generator | None = None) -> Tensor:
-        """K-step trajectories ``(K + 1, N, C, h, w)`` of ``role`` for the conditions ``cond``."""
+    def rollout(
+        self, cond: Condition, role: str = GENERATOR, generator: torch.Generator | None = None, noise: Tensor | None = None
+    ) -> Tensor:
+        """K-step trajectories ``(K + 1, N, C, h, w)`` of ``role`` for the conditions ``cond``, from ``noise``
+        (default: drawn from ``generator``)."""
         n = len(cond)
-        noise = torch.randn((n, *self.backbone.latent_shape), generator=generator, device=self.device)
+        if noise is None:
+            noise = torch.randn((n, *self.backbone.latent_shape), generator=generator, device=self.device)
         chunks = []
         for start in range(0, n, self.rollout_batch_size):
             sl = slice(start, start + self.rollout_batch_size)
@@ -293,14 +311,21 @@ class TDMR1Module(L.LightningModule):
     # Training
     # ------------------------------------------------------------------------------------------
 
-    def _advantages(self, rewards: Tensor, valid: Tensor, group_index: Tensor) -> Tensor:
+    def _advantages(self, rewards: Tensor, valid: Tensor, all_groups: Tensor) -> Tensor:
+        """This process's advantages, computed from every process's rewards (``all_groups``: every process's
+        group indices, in rank order): a group's mean, and the std, cover all its members wherever they are."""
         hp = self.hparams
-        std = None
-        if hp.advantage_std == "global":
-            all_rewards = self.all_gather(rewards).reshape(-1)
-            all_valid = self.all_gather(valid).reshape(-1)
-            std = losses.reward_std(all_rewards, all_valid)
-        return losses.group_advantages(rewards, valid, group_index, std, hp.advantage_clip, binarize=hp.binarize_advantages)
+        all_rewards, all_valid = (self.all_gather(t).reshape(-1) for t in (rewards, valid))
+        std = losses.reward_std(all_rewards, all_valid) if hp.advantage_std == "global" else None
+        advantages = losses.group_advantages(all_rewards, all_valid, all_groups, std, hp.advantage_clip, binarize=hp.binarize_advantages)
+        return advantages.reshape(-1, len(rewards))[self.global_rank]
+
+    def _group_sum(self, values: Tensor, group_index: Tensor, num_groups: int) -> Tensor:
+        """Per sample, the sum of ``values`` over its group's members on all processes (``S_g``, section 8.5)."""
+        sums = torch.zeros(num_groups, dtype=values.dtype, device=values.device).index_add_(0, group_index, values)
+        if self.trainer.world_size > 1:
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        return sums[group_index]
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         hp = self.hparams
@@ -310,8 +335,11 @@ class TDMR1Module(L.LightningModule):
         step = self.global_step
         prompts, metadata, group = batch["prompts"], batch["metadata"], batch["group_index"].to(self.device)
         n = len(prompts)
+        sample = batch["sample_index"].to(self.device)
+        all_groups = self.all_gather(group).reshape(-1)
+        group_sum = functools.partial(self._group_sum, num_groups=int(all_groups.max()) + 1)
         cond = self.backbone.encode_prompts(prompts)
-        trajectory = self.rollout(cond, GENERATOR, self._noise_generator(step))
+        trajectory = self.rollout(cond, GENERATOR, noise=self.keyed_noise(self.backbone.latent_shape, sample, step, _ROLLOUT))
         metrics: dict[str, Tensor] = {}
         scoring: Future | None = None
         if self.rewards is not None:
@@ -324,13 +352,12 @@ class TDMR1Module(L.LightningModule):
         mbs = hp.micro_batch_size
         micro_batches = [slice(i, i + mbs) for i in range(0, n, mbs)]
         levels = keyed_generator(hp.noise_seed, step, -1)  # same on every process
-        noise = self._noise_generator(step, salt=1)
-        # (micro-batch, generator boundary j, surrogate boundary j') for every update, drawn up front.
+        # (micro-batch, draw d, generator boundary j, surrogate boundary j') for every update, drawn up front.
         weights = torch.arange(1, hp.num_steps + 1, dtype=torch.float)
         plans = [
-            [(mb, j, int(torch.multinomial(weights, 1, generator=levels)))
+            [(mb, (step, d), j, int(torch.multinomial(weights, 1, generator=levels)))
              for mb in micro_batches[u::hp.updates_per_step]
-             for j in torch.randperm(hp.num_steps, generator=levels)[: hp.boundaries_per_batch].tolist()]
+             for d, j in enumerate(torch.randperm(hp.num_steps, generator=levels)[: hp.boundaries_per_batch].tolist())]
             for u in range(hp.updates_per_step)
         ]
         sums: dict[str, list[Tensor]] = {}
@@ -344,15 +371,20 @@ class TDMR1Module(L.LightningModule):
             # the fake and generator losses run first, while the rewards are still being scored, and
             # the surrogate losses, which need the advantages, after.
             with self._no_grad_sync():
-                for mb, j, _ in plan:
-                    _append(sums, self._fake_and_generator_losses(trajectory[:, mb], cond[mb], group[mb], j, levels, noise, scale, nonfinite))
+                for mb, draw, j, _ in plan:
+                    _append(sums, self._fake_and_generator_losses(
+                        trajectory[:, mb], cond[mb], group[mb], sample[mb], j, levels, draw, scale, nonfinite,
+                    ))
                 if scoring is not None:
-                    advantages, reward_metrics = self._finish_scoring(scoring, group)
+                    advantages, reward_metrics = self._finish_scoring(scoring, all_groups)
                     metrics.update(reward_metrics)
                     scoring = None
                 if self.rewards is not None and not self._surrogate_frozen:
-                    for mb, _, j_reward in plan:
-                        _append(sums, self._surrogate_loss(trajectory[:, mb], cond[mb], advantages[mb], group[mb], j_reward, levels, noise, scale, nonfinite))
+                    for mb, draw, _, j_reward in plan:
+                        _append(sums, self._surrogate_loss(
+                            trajectory[:, mb], cond[mb], advantages[mb], group[mb], j_reward, levels, draw, group_sum, scale,
+                            nonfinite,
+                        ))
             if self._any_process(bool(nonfinite)):
                 return self._skip_step(nonfinite or ["another process's"], opt_g, opt_c)
             updates_before = self.global_step  # the EMA decays count the updates made before this one (8.6)
@@ -397,7 +429,7 @@ class TDMR1Module(L.LightningModule):
         done.set_result(_timed(rewards, images, prompts, metadata))
         return done
 
-    def _finish_scoring(self, scoring: Future, group: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def _finish_scoring(self, scoring: Future, all_groups: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Advantages of the step's samples (collective across processes) and the reward metrics."""
         start = time.perf_counter()
         outputs, seconds = scoring.result()
@@ -407,10 +439,10 @@ class TDMR1Module(L.LightningModule):
             torch.cuda.current_stream(stream.device).wait_stream(stream)
         rewards, valid = (t.to(self.device) for t in WeightedRewards.weighted_sum(outputs))
         if self.hparams.reward_combination == "sum" or len(outputs) == 1:
-            advantages = self._advantages(rewards, valid, group)
+            advantages = self._advantages(rewards, valid, all_groups)
         else:
             advantages = sum(
-                weight * self._advantages(out.scores.to(self.device), out.valid.to(self.device), group)
+                weight * self._advantages(out.scores.to(self.device), out.valid.to(self.device), all_groups)
                 for out, weight in outputs.values()
             )
         metrics = self._reward_metrics(rewards, valid, advantages)
@@ -422,31 +454,19 @@ class TDMR1Module(L.LightningModule):
                     metrics[f"reward/{label}/mean"] = out.scores[out.valid].mean().to(self.device)
         return advantages, metrics
 
-    def _noise_fns(self, group: Tensor, noise: torch.Generator):
-        """Fresh per-sample noise, and noise shared by the members of each group."""
-        _, group_local = torch.unique(group, return_inverse=True)
-        n_groups = int(group_local.max()) + 1
-
-        def randn(x: Tensor) -> Tensor:
-            return torch.randn(x.shape, generator=noise, device=x.device, dtype=x.dtype)
-
-        def group_noise(x: Tensor) -> Tensor:
-            return torch.randn((n_groups, *x.shape[1:]), generator=noise, device=x.device, dtype=x.dtype)[group_local]
-
-        return randn, group_noise
-
     def _fake_and_generator_losses(
-        self, trajectory: Tensor, cond: Condition, group: Tensor, j: int,
-        levels: torch.Generator, noise: torch.Generator, scale: float, nonfinite: list[str],
+        self, trajectory: Tensor, cond: Condition, group: Tensor, sample: Tensor, j: int,
+        levels: torch.Generator, draw: tuple[int, int], scale: float, nonfinite: list[str],
     ) -> dict[str, Tensor]:
         """The fake-score loss (5.1) and the generator loss (5.3) at boundary ``j``, each backpropagated.
 
+        ``draw`` (step, index of the draw in the micro-batch) keys the noise of each ``sample`` and ``group``.
         Returns the detached values to log; the name of a loss that is not finite is appended to
         ``nonfinite`` instead of being backpropagated.
         """
         hp, bb, s_ = self.hparams, self.backbone, self.boundaries
         k = hp.shift
-        randn, group_noise = self._noise_fns(group, noise)
+        shape = tuple(trajectory.shape[2:])
         x_j = trajectory[j]
 
         # The generator's step with grad: x0_hat feeds the generator loss, x_next (detached) the critics.
@@ -456,7 +476,7 @@ class TDMR1Module(L.LightningModule):
 
         # 5.1 fake score
         s = sample_query_level(s_[j + 1], k, hp.level_margin, levels)
-        x_s = renoise(x_next, s_[j + 1], s, randn(x_next))
+        x_s = renoise(x_next, s_[j + 1], s, self.keyed_noise(shape, sample, *draw, _FAKE_NOISE))
         with torch.no_grad():
             v_teacher = bb.velocity(TEACHER, x_s, s, cond)
         loss_fake = losses.fake_score_loss(bb.velocity(FAKE, x_s, s, cond), x_s, x0_hat.detach(), s, v_teacher, hp.fake_teacher_weight)
@@ -465,7 +485,7 @@ class TDMR1Module(L.LightningModule):
         # 5.3 generator
         with torch.no_grad():
             s = sample_query_level(s_[j + 1], k, hp.level_margin, levels)
-            x_s = renoise(x_next, s_[j + 1], s, randn(x_next))
+            x_s = renoise(x_next, s_[j + 1], s, self.keyed_noise(shape, sample, *draw, _GENERATOR_NOISE))
             fake = x0_from_velocity(x_s, s, bb.velocity(FAKE, x_s, s, cond))
             vc, vu = bb.velocity_cond_uncond(TEACHER, x_s, s, cond)
             t_cond, t_uncond = x0_from_velocity(x_s, s, vc), x0_from_velocity(x_s, s, vu)
@@ -473,7 +493,7 @@ class TDMR1Module(L.LightningModule):
             with_reward = self.rewards is not None and j < hp.trunc_steps
             if with_reward:
                 s2 = sample_query_level(max(s_[j + 1], hp.s_min_gen), k, hp.level_margin, levels)
-                x_s2 = renoise(x_next, s_[j + 1], s2, group_noise(x_next))
+                x_s2 = renoise(x_next, s_[j + 1], s2, self.keyed_noise(shape, group, *draw, _GENERATOR_GROUP_NOISE))
                 base = x0_from_velocity(x_s2, s2, bb.velocity(TEACHER, x_s2, s2, cond))
                 # Phi is the surrogate's own guidance (section 8.1): both its predictions in one batched call
                 rc, ru = bb.velocity_cond_uncond(SURROGATE, x_s2, s2, cond)
@@ -493,16 +513,14 @@ class TDMR1Module(L.LightningModule):
 
     def _surrogate_loss(
         self, trajectory: Tensor, cond: Condition, advantages: Tensor, group: Tensor, j_reward: int,
-        levels: torch.Generator, noise: torch.Generator, scale: float, nonfinite: list[str],
+        levels: torch.Generator, draw: tuple[int, int], group_sum, scale: float, nonfinite: list[str],
     ) -> dict[str, Tensor]:
         """The surrogate-reward loss (5.2, DGPO) from the stored state after boundary ``j_reward``, backpropagated."""
         hp, bb, s_ = self.hparams, self.backbone, self.boundaries
-        k = hp.shift
-        _, group_noise = self._noise_fns(group, noise)
         s_n = s_[j_reward + 1]
         x_n = trajectory[j_reward + 1]
-        s = sample_query_level(max(s_n, hp.s_min_reward), k, hp.level_margin, levels)
-        xi = group_noise(x_n)
+        s = sample_query_level(max(s_n, hp.s_min_reward), hp.shift, hp.level_margin, levels)
+        xi = self.keyed_noise(tuple(x_n.shape[1:]), group, *draw, _SURROGATE_GROUP_NOISE)
         x_s = renoise(x_n, s_n, s, xi)
         v_target = losses.surrogate_target_velocity(x_n, xi, s_n, s)
         with torch.no_grad():
@@ -511,7 +529,7 @@ class TDMR1Module(L.LightningModule):
             v_ref = bb.velocity(SURROGATE_REF, x_s, s, cond) if hp.reference == "ema" else v_teacher
         out = losses.surrogate_loss(
             bb.velocity(SURROGATE, x_s, s, cond), v_ref, v_old, v_teacher, v_target, advantages, group,
-            hp.beta, hp.clip_range, hp.trust_threshold, hp.lambda_kl, (j_reward + 1) / hp.num_steps,
+            hp.beta, hp.clip_range, hp.trust_threshold, hp.lambda_kl, (j_reward + 1) / hp.num_steps, group_sum,
         )
         self._backward(out.loss * scale, "surrogate", nonfinite)
         logs = {

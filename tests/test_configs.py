@@ -65,6 +65,7 @@ def test_unknown_reward_is_named_with_the_installed_ones(tmp_path, tiny_sd3_path
         ("--model.num_steps=0", "num_steps"),
         ("--model.shift=-1", "shift"),
         ("--model.micro_batch_size=6", "micro_batch_size=6 does not hold whole groups"),
+        ("--data.processes_per_group=2", r"processes_per_group=2 does not divide the world size \(1\)"),
         ("--data.train_prompts=configs/prompts/no_such_file.txt", "no_such_file.txt"),
     ],
 )
@@ -73,6 +74,19 @@ def test_bad_values_fail_before_models_load(tmp_path, tiny_sd3_path, monkeypatch
     with pytest.raises((ValueError, FileNotFoundError), match=match):
         cli = build_cli(_fit_args(tmp_path, tiny_sd3_path, override), run=False)
         cli.trainer.fit(cli.model, cli.datamodule)
+
+
+def test_micro_batch_must_hold_whole_shares_of_groups(tmp_path, tiny_sd3_path, monkeypatch):
+    # 4 processes sharing groups of 8 in pairs: each holds 4 samples of a group, so micro-batches of 3 cannot work
+    from types import SimpleNamespace
+
+    _never_build(monkeypatch)
+    cli = build_cli(_fit_args(tmp_path, tiny_sd3_path, "--model.micro_batch_size=3"), run=False)
+    datamodule = SimpleNamespace(group_size=8, samples_per_group_local=4, samples_per_step_local=16, train_records=None)
+    monkeypatch.setattr(type(cli.model), "trainer", property(lambda self: SimpleNamespace(datamodule=datamodule)))
+    cli.model._trainer = object()
+    with pytest.raises(ValueError, match=r"micro_batch_size=3 does not hold whole shares of a group \(4 samples"):
+        cli.model.setup("fit")
 
 
 def test_empty_prompt_file_fails_before_models_load(tmp_path, tiny_sd3_path, monkeypatch):

@@ -200,6 +200,54 @@ def test_collate_without_index_and_bad_group_size() -> None:
         collate_groups([{"prompt": "a"}], group_size=0)
 
 
+def test_collate_a_share_of_each_group_keeps_step_wide_indices() -> None:
+    # groups of 4 shared by 2 processes: the second process holds draws 2 and 3 of each of its groups
+    batch = collate_groups([{"prompt": "a"}, {"prompt": "b"}], group_size=4, shares=2, share=1, first_group=3)
+    assert batch["prompts"] == ["a", "a", "b", "b"]
+    assert batch["group_index"].tolist() == [3, 3, 4, 4]
+    assert batch["sample_index"].tolist() == [14, 15, 18, 19]
+    whole = collate_groups([{"prompt": "a"}], group_size=3)
+    assert whole["sample_index"].tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="share 2 of 2"):
+        collate_groups([{"prompt": "a"}], group_size=4, shares=2, share=2)
+
+
+def test_datamodule_processes_share_groups(tmp_path: Path) -> None:
+    train = _prompt_file(tmp_path, 16)
+    batches = {}
+    for rank in range(4):
+        dm = PromptDataModule(str(train), prompts_per_step=4, group_size=6, processes_per_group=2, shuffle_seed=2)
+        dm.trainer = SimpleNamespace(world_size=4, global_rank=rank)
+        dm.setup("fit")
+        assert (dm.prompts_per_step_local, dm.samples_per_group_local, dm.samples_per_step_local) == (2, 3, 6)
+        batches[rank] = next(iter(dm.train_dataloader()))
+    # ranks 0 and 1 share the step's groups 0 and 1, ranks 2 and 3 groups 2 and 3; together every draw once
+    assert batches[0]["prompt_index"].tolist() == batches[1]["prompt_index"].tolist()
+    assert batches[0]["group_index"].tolist() == batches[1]["group_index"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert batches[0]["sample_index"].tolist() == [0, 1, 2, 6, 7, 8] and batches[1]["sample_index"].tolist() == [3, 4, 5, 9, 10, 11]
+    assert batches[2]["group_index"].tolist() == batches[3]["group_index"].tolist() == [2, 2, 2, 3, 3, 3]
+    assert sorted(i for b in batches.values() for i in b["sample_index"].tolist()) == list(range(24))
+    single = PromptDataModule(str(train), prompts_per_step=4, group_size=6, shuffle_seed=2)
+    single.setup("fit")
+    one = next(iter(single.train_dataloader()))
+    for b in batches.values():  # the same prompt for the same draw as one process holding everything
+        for prompt, k in zip(b["prompts"], b["sample_index"].tolist()):
+            assert one["prompts"][k] == prompt
+
+
+@pytest.mark.parametrize("world, group_size, q, prompts, match", [
+    (3, 4, 2, 4, r"processes_per_group=2 does not divide the world size \(3\)"),
+    (4, 6, 4, 4, r"group_size=6 does not split into data.processes_per_group=4"),
+    (4, 4, 2, 3, r"prompts_per_step=3 must be divisible by the world size \(4\) / data.processes_per_group \(2\)"),
+])
+def test_group_geometry_that_cannot_be_split_is_refused(tmp_path: Path, world, group_size, q, prompts, match) -> None:
+    train = _prompt_file(tmp_path, 8)
+    with pytest.raises(ValueError, match=match):
+        dm = PromptDataModule(str(train), prompts_per_step=prompts, group_size=group_size, processes_per_group=q)
+        dm.trainer = SimpleNamespace(world_size=world, global_rank=0)
+        dm.setup("fit")
+
+
 # --- PromptDataModule -----------------------------------------------------------
 
 
