@@ -27,6 +27,7 @@ import json
 import random
 import sys
 from collections import Counter
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -112,8 +113,13 @@ def make_prompt(tag: str, rng: random.Random, max_count: int = 4) -> dict[str, A
     raise ValueError(f"unknown tag {tag!r}; known: {', '.join(TAGS)}")
 
 
-def generate_prompts(n: int, seed: int = 0, tags: tuple[str, ...] = TAGS, max_count: int = 4) -> list[dict[str, Any]]:
-    """``n`` records, the ``tags`` interleaved in equal shares (record ``i`` has tag ``tags[i % len(tags)]``)."""
+def generate_prompts(
+    n: int, seed: int = 0, tags: tuple[str, ...] = TAGS, max_count: int = 4, exclude: Collection[str] = ()
+) -> list[dict[str, Any]]:
+    """``n`` records, the ``tags`` interleaved in equal shares (record ``i`` has tag ``tags[i % len(tags)]``).
+
+    ``exclude``: prompts not to draw (a held-out set that shares no prompt with a training set).
+    """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     if not tags:
@@ -121,7 +127,17 @@ def generate_prompts(n: int, seed: int = 0, tags: tuple[str, ...] = TAGS, max_co
     if max_count < 2:
         raise ValueError(f"max_count must be >= 2, got {max_count}")
     rng = random.Random(seed)
-    return [make_prompt(tags[i % len(tags)], rng, max_count) for i in range(n)]
+    excluded = set(exclude)
+    records = []
+    for i in range(n):
+        for _ in range(1000):
+            record = make_prompt(tags[i % len(tags)], rng, max_count)
+            if record["prompt"] not in excluded:
+                break
+        else:
+            raise ValueError(f"could not draw a {tags[i % len(tags)]} prompt outside the {len(excluded)} excluded ones")
+        records.append(record)
+    return records
 
 
 def write_jsonl(records: list[dict[str, Any]], path: str | Path) -> Path:
@@ -174,8 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--tags", nargs="+", choices=TAGS, default=list(TAGS), help="tags to generate (default: all six)")
     parser.add_argument("--max-count", type=int, default=4, help="largest count of counting prompts (default: 4)")
+    parser.add_argument("--exclude", metavar="FILE", help="a prompt file whose prompts are not drawn (a held-out set)")
     args = parser.parse_args(argv)
-    records = generate_prompts(args.n, args.seed, tuple(args.tags), args.max_count)
+    try:
+        exclude = [r["prompt"] for r in load_geneval_metadata(args.exclude)] if args.exclude else []
+        records = generate_prompts(args.n, args.seed, tuple(args.tags), args.max_count, exclude)
+    except (OSError, ValueError) as err:
+        parser.error(str(err))
     path = write_jsonl(records, args.out)
     shares = ", ".join(f"{tag} {count}" for tag, count in Counter(r["tag"] for r in records).items())
     print(f"wrote {len(records)} prompts to {path} ({shares})", file=sys.stderr)

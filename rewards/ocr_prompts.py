@@ -19,7 +19,7 @@ import argparse
 import json
 import random
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from .ocr import extract_target, normalise_text, target_problem
@@ -146,6 +146,7 @@ def generate_ocr_prompts(
     seed: int = 0,
     max_words: int = 3,
     templates: Sequence[str] = TEMPLATES,
+    exclude_texts: Collection[str] = (),
 ) -> list[dict[str, str]]:
     """``n`` distinct OCR prompts ``{"prompt", "text"}``, the same for the same arguments.
 
@@ -154,6 +155,8 @@ def generate_ocr_prompts(
         seed: Seed of the generator.
         max_words: Most words in a target text.
         templates: Prompt templates, each holding ``"{text}"`` once and no other double quote.
+        exclude_texts: Target texts not to draw (compared by :func:`normalise_text`): a held-out set
+            whose targets no training prompt has.
 
     Raises:
         ValueError: on a bad template, or if ``n`` distinct prompts cannot be drawn.
@@ -165,6 +168,7 @@ def generate_ocr_prompts(
             raise ValueError(f'template {template!r} must hold "{{text}}" exactly once and no other double quote')
     rng = random.Random(seed)
     seen: set[str] = set()
+    excluded = {normalise_text(t) for t in exclude_texts}
     records: list[dict[str, str]] = []
     attempts = 0
     while len(records) < n:
@@ -173,7 +177,7 @@ def generate_ocr_prompts(
             raise ValueError(f"could not draw {n} distinct prompts (got {len(records)}); allow more words or templates")
         text = random_text(rng, max_words)
         prompt = rng.choice(templates).format(text=text)
-        if prompt not in seen:
+        if prompt not in seen and normalise_text(text) not in excluded:
             seen.add(prompt)
             records.append({"prompt": prompt, "text": text})
     return records
@@ -260,10 +264,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--max-words", type=int, default=3, help="most words in a target text (default: 3)")
     parser.add_argument("--format", choices=("auto", "jsonl", "txt"), default="auto", help="file format (default: from the name)")
+    parser.add_argument("--exclude", metavar="FILE", help="an OCR prompt file whose target texts are not drawn (a held-out set)")
     args = parser.parse_args(argv)
     try:
-        records = generate_ocr_prompts(args.n, seed=args.seed, max_words=args.max_words)
-    except ValueError as err:
+        exclude = [r["text"] for r in load_ocr_prompts(args.exclude)] if args.exclude else []
+        records = generate_ocr_prompts(args.n, seed=args.seed, max_words=args.max_words, exclude_texts=exclude)
+    except (ValueError, OCRPromptFileError) as err:
         parser.error(str(err))
     out = write_prompts(records, args.out, args.format)
     distinct = len({normalise_text(r["text"]) for r in records})

@@ -16,6 +16,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from .data import PromptDataModule
 from .module import TDMR1Module
+from .paths import resolve_existing
 from .registry import format_reward_table
 
 
@@ -26,6 +27,11 @@ class TDMR1CLI(LightningCLI):
     other modules of the project (e.g. the flow-matching pretraining of a teacher) are chosen with a
     ``class_path``. Optimizers are the modules' own ``OptimizerCallable`` arguments.
     """
+
+    def before_instantiate_classes(self) -> None:
+        # Input paths written in a config resolve against its folder (paths.ConfigPath); existing ones are
+        # made absolute, so the copy of the config saved with the run names the same files.
+        resolve_existing(self.config)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({

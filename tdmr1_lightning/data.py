@@ -27,6 +27,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
+from .paths import ConfigPath
+
 __all__ = [
     "GroupedPromptSampler",
     "PromptDataModule",
@@ -346,8 +348,8 @@ class PromptDataModule(lightning.LightningDataModule):
 
     def __init__(
         self,
-        train_prompts: str,
-        val_prompts: str | None = None,
+        train_prompts: ConfigPath,
+        val_prompts: ConfigPath | None = None,
         prompts_per_step: int = 48,
         group_size: int = 24,
         processes_per_group: int = 1,
@@ -357,6 +359,9 @@ class PromptDataModule(lightning.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
+        # Plain strings (a config's relative path made absolute) for the saved hyperparameters.
+        train_prompts = os.fspath(train_prompts)
+        val_prompts = os.fspath(val_prompts) if val_prompts is not None else None
         for name, value, minimum in (
             ("prompts_per_step", prompts_per_step, 1),
             ("group_size", group_size, 1),

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -39,6 +40,7 @@ import torch
 from torch import Tensor
 
 from .data import ALL_TAG, UNTAGGED, keyed_generator, split_records
+from .paths import ConfigPath
 
 __all__ = [
     "EvaluateOnFit",
@@ -896,7 +898,8 @@ class EvaluateOnFit(L.Callback):
     ranks wait.
 
     Args:
-        prompts: Prompt file (as ``tdmr1 evaluate --prompts``): JSON Lines with metadata, or text.
+        prompts: Prompt file (as ``tdmr1 evaluate --prompts``): JSON Lines with metadata, or text; in a
+            config, relative to the config file's folder.
         rewards: Evaluation rewards (a list like ``model.rewards``); default: the model's eval rewards.
         images_per_prompt: Samples per prompt.
         min_samples_per_tag: Sample the prompts of small tags more often, so that every tag has at least
@@ -913,7 +916,7 @@ class EvaluateOnFit(L.Callback):
 
     def __init__(
         self,
-        prompts: str,
+        prompts: ConfigPath,
         rewards: list[Any] | None = None,
         images_per_prompt: int = 1,
         min_samples_per_tag: int = 0,
@@ -934,7 +937,7 @@ class EvaluateOnFit(L.Callback):
             raise ValueError(f"teacher_steps must be >= 1 or null, got {teacher_steps}")
         self.records = load_prompts(prompts)[:limit]  # read now: a bad file fails before any model loads
         self.prompts, self.metadata, self.tags = split_records(self.records)
-        self.prompts_path = prompts
+        self.prompts_path = os.fspath(prompts)
         self.reward_entries = rewards
         self.rewards = _build_rewards(rewards) if rewards is not None else None
         self.counts = images_per_prompt_by_tag(self.tags, images_per_prompt, min_samples_per_tag)

@@ -47,6 +47,9 @@ from .schedule import (
 )
 
 
+_SURROGATE_BETAS = {"betas": [0.9, 0.999]}
+
+
 def _adamw(lr: float, betas: tuple[float, float], weight_decay: float = 1e-4) -> OptimizerCallable:
     return lambda params: torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
 
@@ -93,9 +96,12 @@ class TDMR1Module(L.LightningModule):
         freeze_surrogate_after: Stop training the surrogate after this many generator updates (the
             paper's frozen-surrogate ablation); ``None`` keeps it online, re-trained every step.
         generator_optimizer: Optimizer of the generator's parameters.
-        critic_optimizer: Optimizer of the fake score and the surrogate (two parameter groups).
-        fake_param_group: Per-group settings of the fake score (override the critic optimizer's).
-        surrogate_param_group: Per-group settings of the surrogate reward.
+        critic_optimizer: Optimizer of the fake score and the surrogate (two parameter groups); its
+            settings (lr, betas, weight decay, ...) apply to both groups unless a group overrides them.
+        fake_param_group: Settings of the fake score's group that differ from the critic optimizer's
+            (none by default: the reference's fake score uses lr 3e-4, betas (0, 0.999)).
+        surrogate_param_group: Settings of the surrogate's group that differ from the critic
+            optimizer's (default: betas (0.9, 0.999), the reference's surrogate).
         num_steps: K, the generator's sampling steps.
         shift: k, the time shift of the step boundaries and of the loss levels.
         guidance_scale: w, the teacher's classifier-free guidance in the generator loss.
@@ -141,7 +147,7 @@ class TDMR1Module(L.LightningModule):
         generator_optimizer: OptimizerCallable = _adamw(7.5e-5, (0.0, 0.999)),
         critic_optimizer: OptimizerCallable = _adamw(3e-4, (0.0, 0.999)),
         fake_param_group: dict[str, Any] | None = None,
-        surrogate_param_group: dict[str, Any] | None = None,
+        surrogate_param_group: dict[str, Any] | None = _SURROGATE_BETAS,
         num_steps: int = 4,
         shift: float = 3.0,
         guidance_scale: float = 4.5,
@@ -195,8 +201,8 @@ class TDMR1Module(L.LightningModule):
         self.eval_rewards = _build_rewards(eval_rewards, "model.eval_rewards") if eval_rewards is not None else self.rewards
         self.generator_optimizer = generator_optimizer
         self.critic_optimizer = critic_optimizer
-        self.fake_param_group = dict(fake_param_group or {"lr": 3e-4, "betas": (0.0, 0.999)})
-        self.surrogate_param_group = dict(surrogate_param_group or {"lr": 3e-4, "betas": (0.9, 0.999)})
+        self.fake_param_group = dict(fake_param_group or {})
+        self.surrogate_param_group = dict(surrogate_param_group or {})
         self.boundaries = step_boundaries(num_steps, shift)
         self.rollout_batch_size = rollout_batch_size or micro_batch_size
         self._nonfinite_in_a_row = 0

@@ -133,9 +133,10 @@ def test_shapes_configs_use_the_shipped_models_and_the_world_vocabulary():
     assert vocabulary <= words, f"words missing from the teacher's tokenizer: {sorted(vocabulary - words)}"
     for name in ("tdm.yaml", "tdmr1.yaml"):
         backbone = yaml.safe_load((ROOT / "configs/shapes" / name).read_text())["model"]["backbone"]["init_args"]
-        assert (ROOT / backbone["pretrained_model"] / "model_index.json").is_file()
+        folder = ROOT / "configs/shapes"  # input paths in a config are relative to its folder
+        assert (folder / backbone["pretrained_model"] / "model_index.json").is_file()
         if "generator_checkpoint" in backbone:
-            assert (ROOT / backbone["generator_checkpoint"]).is_file()
+            assert (folder / backbone["generator_checkpoint"]).is_file()
 
 
 def test_shapes_teacher_trains_on_the_shipped_prompt_split():
@@ -163,3 +164,42 @@ def test_shapes_teacher_trains_on_the_shipped_prompt_split():
         assert World(**((spec.get("init_args") or {}).get("world") or {})) == world, spec
     records = [json.loads(line) for line in (ROOT / "configs/prompts/shapes/test.jsonl").read_text().splitlines()]
     assert len(records) >= 200 and all(is_held_out(r, held) for r in records)
+
+
+def test_config_paths_resolve_against_the_config_folder(tmp_path, tiny_sd3_path, monkeypatch):
+    # from another working directory, the config's own relative paths still name its files; the run's saved
+    # config names them absolutely; a path given on the command line is relative to the working directory
+    monkeypatch.chdir(tmp_path)
+    config = (ROOT / "configs" / "tiny.yaml").resolve()
+    args = ["--config", str(config), f"--model.backbone.init_args.directory={tiny_sd3_path}",
+            "--trainer.default_root_dir=run", "--trainer.max_steps=1", "--trainer.limit_val_batches=0",
+            "--trainer.enable_progress_bar=false"]
+    cli = build_cli(args, run=False)
+    assert cli.datamodule.train_prompts == str(ROOT / "configs" / "prompts" / "tiny_train.txt")
+    cli.trainer.fit(cli.model, cli.datamodule)
+    saved = next((tmp_path / "run").rglob("config.yaml")).read_text()
+    assert f"train_prompts: {ROOT / 'configs' / 'prompts' / 'tiny_train.txt'}" in saved
+    (tmp_path / "mine.txt").write_text("a blue square\n")
+    cli = build_cli([*args, "--data.train_prompts=mine.txt"], run=False)
+    assert cli.datamodule.train_prompts == str(tmp_path / "mine.txt")
+    # a missing file is named where it was looked for: beside its config
+    (tmp_path / "sub").mkdir()
+    bad = tmp_path / "sub" / "bad.yaml"
+    bad.write_text(config.read_text().replace("prompts/tiny_train.txt", "prompts/nowhere.txt"))
+    with pytest.raises(ValueError, match=f"{tmp_path / 'sub' / 'prompts' / 'nowhere.txt'}: prompt file does not exist"):
+        build_cli(["--config", str(bad), *args[2:]], run=False)
+
+
+@pytest.mark.parametrize("name", ["sd35_ocr.yaml", "sd35_geneval.yaml"])
+def test_sd35_rl_configs_validate_held_out_prompts_every_60_updates(name):
+    # algorithm 8.7: the generator EMA on held-out prompts of the task every 60 updates; the header writes them
+    import yaml
+
+    text = (ROOT / "configs" / name).read_text()
+    config = yaml.safe_load(text)
+    assert config["trainer"]["val_check_interval"] == 60 and config["trainer"]["check_val_every_n_epoch"] is None
+    train, val = config["data"]["train_prompts"], config["data"]["val_prompts"]
+    assert val and val != train
+    assert f"--out configs/{val} " in text and f"--exclude configs/{train}" in text  # held out from the training prompts
+    # the reference's geometry: a group of 24 shared by processes_per_group GPUs, one share a micro-batch
+    assert config["model"]["micro_batch_size"] * config["data"]["processes_per_group"] == config["data"]["group_size"] == 24

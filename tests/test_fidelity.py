@@ -134,3 +134,18 @@ def test_timestep_reaches_the_network_in_float32(tiny_sd3_path):
     assert v.dtype == torch.float32
     (t,) = seen
     assert t.dtype == torch.float32 and t.tolist() == [750.0, 750.0]  # in bfloat16 it would be 752
+
+
+def test_critic_optimizer_settings_have_one_source(tmp_path, tiny_sd3_path):
+    # the critic optimizer's lr and betas reach the fake score's group; the surrogate's group overrides only its betas
+    cli = build_cli([
+        "--config", "configs/tiny.yaml", f"--model.backbone.init_args.directory={tiny_sd3_path}",
+        f"--trainer.default_root_dir={tmp_path}", "--model.critic_optimizer.init_args.lr=0.123",
+        "--model.critic_optimizer.init_args.betas=[0.5, 0.9]",
+    ], run=False)
+    cli.model.configure_model()
+    _, critic = cli.model.configure_optimizers()
+    fake, surrogate = critic.param_groups
+    assert (fake["lr"], fake["betas"]) == (0.123, (0.5, 0.9))
+    assert (surrogate["lr"], tuple(surrogate["betas"])) == (0.123, (0.9, 0.999))
+    assert fake["weight_decay"] == surrogate["weight_decay"] == 1e-4

@@ -16,14 +16,18 @@ def _offline() -> bool:
     return any(os.environ.get(v, "").lower() in {"1", "true", "yes", "on"} for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-def resolve_pretrained(name_or_path: str, revision: str | None = None, index_file: str = "model_index.json") -> str:
+def resolve_pretrained(
+    name_or_path: str | os.PathLike, revision: str | None = None, index_file: str = "model_index.json"
+) -> str:
     """Return a local folder or a hub id that ``from_pretrained`` can load, or raise ModelNotFoundError.
 
-    A local folder must hold ``index_file``. A hub id is accepted when it is cached or the hub can be
-    reached; with ``HF_HUB_OFFLINE=1`` an uncached id fails here, naming it, instead of deep inside
-    the loader after other models have loaded.
+    A local folder must hold ``index_file`` (a path from a config resolves against the config's
+    folder). A hub id is accepted when it is cached or the hub can be reached; with
+    ``HF_HUB_OFFLINE=1`` an uncached id fails here, naming it, instead of deep inside the loader after
+    other models have loaded.
     """
     path = check_asset(name_or_path, "pretrained_model")
+    name_or_path = str(name_or_path)  # as written: a hub id when no such folder exists
     if path.is_dir():
         if not (path / index_file).is_file():
             raise ModelNotFoundError(f"pretrained_model {name_or_path!r}: folder has no {index_file}; is it a diffusers pipeline folder?")

@@ -19,6 +19,7 @@ from .base import (
     check_lora_file,
     load_lora_state_dict,
 )
+from ..paths import ConfigPath
 from .hub import resolve_pretrained
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -53,14 +54,14 @@ class SD3Backbone(RectifiedFlowBackbone):
 
     def __init__(
         self,
-        pretrained_model: str,
+        pretrained_model: ConfigPath,
         resolution: int = 512,
         roles_as: RolesAs = "lora",
         lora_rank: int = 32,
         lora_alpha: float = 64.0,
         lora_target_modules: Sequence[str] = DEFAULT_LORA_TARGETS,
-        generator_checkpoint: str | None = None,
-        fake_checkpoint: str | None = None,
+        generator_checkpoint: ConfigPath | None = None,
+        fake_checkpoint: ConfigPath | None = None,
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         max_sequence_length: int = 256,
         gradient_checkpointing: bool = False,

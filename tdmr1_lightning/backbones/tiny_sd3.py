@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, Sequence
 
+from ..paths import ConfigPath
 from ..tiny import CLIP_MAX_LENGTH, ensure_tiny_sd3
 from .base import DEFAULT_LORA_TARGETS, RolesAs
 from .sd3 import PixelSD3Backbone, SD3Backbone
@@ -16,7 +17,8 @@ class TinySD3Backbone(SD3Backbone):
     other, so the real loading path runs; only the weights are random.
 
     Args:
-        directory: Folder of the tiny pipeline (built there when it holds none).
+        directory: Folder of the tiny pipeline (built there when it holds none); a cache, relative to
+            the working directory.
         resolution: Image side in pixels.
         seed: Seed of the random weights (used only when the folder is built).
         roles_as: ``lora`` (adapters on one transformer) or ``full`` (a copy per role).
@@ -48,8 +50,8 @@ class TinySD3Backbone(SD3Backbone):
         lora_rank: int = 4,
         lora_alpha: float = 8.0,
         lora_target_modules: Sequence[str] = DEFAULT_LORA_TARGETS,
-        generator_checkpoint: str | None = None,
-        fake_checkpoint: str | None = None,
+        generator_checkpoint: ConfigPath | None = None,
+        fake_checkpoint: ConfigPath | None = None,
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         max_sequence_length: int = 64,
         gradient_checkpointing: bool = False,

@@ -36,14 +36,12 @@ def fixed_prompts(path: Path, n: int, train_prompts: Path = TRAIN_PROMPTS, tags:
 
 def _prompts_and_world(config: Path) -> tuple[Path, dict[str, Any]]:
     """A TDM-R1 config's training prompt file and the ``world`` its ``shapes_geneval`` reward scores
-    (a relative path is read from the working directory, as ``tdmr1 fit`` reads it, else from the project root)."""
+    (a relative path is relative to the config's folder, as ``tdmr1 fit`` reads it)."""
     data = yaml.safe_load(Path(config).read_text(encoding="utf-8"))
     train = data.get("data", {}).get("train_prompts")
     if not train:
         raise ValueError(f"{config}: data.train_prompts is not set")
-    train = Path(train)
-    if not train.is_absolute() and not train.exists():
-        train = ROOT / train
+    train = Path(config).parent / train  # an absolute path stays as it is
     for spec in data.get("model", {}).get("rewards") or []:
         if spec.get("name") == "shapes_geneval":
             return train, dict((spec.get("init_args") or {}).get("world") or {})

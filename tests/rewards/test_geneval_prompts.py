@@ -139,3 +139,14 @@ def test_loader_errors_name_file_and_line(tmp_path, line, match):
 def test_write_jsonl_creates_folders(tmp_path):
     path = write_jsonl(generate_prompts(6, seed=0), tmp_path / "a" / "b.jsonl")
     assert len(load_geneval_metadata(path)) == 6
+
+
+def test_a_held_out_set_excludes_the_training_prompts(tmp_path) -> None:
+    train = write_jsonl(generate_prompts(300, seed=0), tmp_path / "train.jsonl")
+    out = tmp_path / "test.jsonl"
+    assert main(["--out", str(out), "--n", "60", "--seed", "1", "--exclude", str(train)]) == 0
+    trained = {r["prompt"] for r in load_geneval_metadata(train)}
+    held_out = load_geneval_metadata(out)
+    assert len(held_out) == 60 and not trained & {r["prompt"] for r in held_out}
+    assert Counter(r["tag"] for r in held_out) == Counter(r["tag"] for r in generate_prompts(60, seed=1))
+    assert trained & {r["prompt"] for r in generate_prompts(60, seed=1)}  # the exclusion is what keeps them apart

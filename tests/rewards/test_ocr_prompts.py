@@ -128,3 +128,14 @@ def test_module_command_line(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert [r["prompt"] for r in load_ocr_prompts(out)] == [r["prompt"] for r in generate_ocr_prompts(25, seed=0)]
+
+
+def test_a_held_out_set_excludes_the_training_targets(tmp_path: Path) -> None:
+    train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    assert main(["--out", str(train), "--n", "300", "--seed", "0", "--max-words", "1"]) == 0
+    assert main(["--out", str(test), "--n", "100", "--seed", "1", "--max-words", "1", "--exclude", str(train)]) == 0
+    trained = {normalise_text(r["text"]) for r in load_ocr_prompts(train)}
+    held_out = [normalise_text(r["text"]) for r in load_ocr_prompts(test)]
+    assert len(held_out) == 100 and not trained & set(held_out)
+    # without the exclusion the same seed draws some training targets
+    assert trained & {normalise_text(r["text"]) for r in generate_ocr_prompts(100, seed=1, max_words=1)}
