@@ -124,20 +124,32 @@ def ship_pipeline(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "
     return dst
 
 
-def ship_lora(checkpoint: str | os.PathLike, dst: str | os.PathLike, dtype: str = "float16", role: str = "generator") -> Path:
+def ship_lora(
+    checkpoint: str | os.PathLike, dst: str | os.PathLike, dtype: str = "float16", role: str = "generator",
+    lora_alpha: float | None = None,
+) -> Path:
     """Write ``role``'s LoRA of ``checkpoint`` (a run's ``.ckpt``: for the generator its EMA; or any LoRA
-    file :func:`~tdmr1_lightning.backbones.base.load_lora_state_dict` reads) to a safetensors file."""
+    file :func:`~tdmr1_lightning.backbones.lora_files.read_lora_file` reads) to a safetensors file that
+    states its rank and alpha (``lora_alpha`` for a source that does not state its own)."""
     from safetensors.torch import save_file
 
-    from .backbones.base import load_lora_state_dict
+    from .backbones.lora_files import lora_metadata, read_lora_file
 
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
-    state = _cast(load_lora_state_dict(checkpoint, role, "checkpoint"), dtype)
+    lora = read_lora_file(checkpoint, role, "checkpoint")
+    if lora.tensors is None:
+        raise ValueError(f"{lora.where}: an unnamed (ordered) LoRA is loaded into a backbone, not shipped as it is")
+    if lora.stated and lora_alpha is not None and float(lora_alpha) != lora.alpha:
+        raise ValueError(f"{lora.where} states lora_alpha {lora.alpha:g}, not {lora_alpha:g}")
+    alpha = lora.alpha if lora.stated or lora_alpha is None else lora_alpha
+    if alpha is None:
+        raise ValueError(f"{lora.where} does not state its LoRA alpha: give it with --lora-alpha")
+    state = _cast(lora.tensors, dtype)
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    save_file(state, str(tmp), metadata={"format": "pt", "source": Path(checkpoint).name})
+    save_file(state, str(tmp), metadata={**lora_metadata(lora.rank, alpha), "source": Path(checkpoint).name})
     os.replace(tmp, dst)
     return dst
 
@@ -154,12 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     lo.add_argument("dst")
     lo.add_argument("--dtype", default="float16", choices=_DTYPES)
     lo.add_argument("--role", default="generator", choices=["generator", "fake"])
+    lo.add_argument("--lora-alpha", type=float, help="the LoRA alpha of a checkpoint that does not state it")
     args = parser.parse_args(argv)
     try:
         if args.command == "pipeline":
             out = ship_pipeline(args.src, args.dst, args.dtype)
         else:
-            out = ship_lora(args.checkpoint, args.dst, args.dtype, args.role)
+            out = ship_lora(args.checkpoint, args.dst, args.dtype, args.role, args.lora_alpha)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

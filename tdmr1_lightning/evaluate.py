@@ -39,7 +39,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from .data import ALL_TAG, UNTAGGED, keyed_generator, split_records
+from .data import ALL_TAG, keyed_generator, split_records
 from .paths import ConfigPath
 
 __all__ = [

@@ -36,6 +36,7 @@ from .backbones.base import (
     Condition,
     RectifiedFlowBackbone,
 )
+from .backbones.lora_files import CHECKPOINT_LORA_KEY
 from .data import keyed_generator, run_seed, split_records
 from .image_logging import log_image_grid
 from .registry import RewardSpec
@@ -270,6 +271,8 @@ class TDMR1Module(L.LightningModule):
             k: v for k, v in checkpoint["state_dict"].items()
             if not k.startswith(prefix) or self.backbone.is_role_state(k[len(prefix):])
         }
+        roles = self.backbone.roles  # what a LoRA file must state to be loaded back (backbones/lora_files.py)
+        checkpoint[CHECKPOINT_LORA_KEY] = {"rank": roles.lora_rank, "alpha": roles.lora_alpha, "roles_as": roles.roles_as}
 
     # ------------------------------------------------------------------------------------------
     # Sampling

@@ -282,6 +282,7 @@ def _build_components(
     words: Sequence[str] = (),
     clip_max_length: int = CLIP_MAX_LENGTH,
     t5_position_bias_std: float | None = None,
+    dual_attention_layers: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Create every pipeline component with seeded random weights (no VAE in pixel space)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
@@ -317,6 +318,7 @@ def _build_components(
         pooled_projection_dim=sum(clip_dims),
         pos_embed_max_size=latent_side // patch_size,
         qk_norm="rms_norm",
+        dual_attention_layers=tuple(dual_attention_layers),
     )
 
     _seed(seed)
@@ -430,6 +432,7 @@ def build_tiny_sd3(
     words: Sequence[str] = (),
     clip_max_length: int = CLIP_MAX_LENGTH,
     t5_position_bias_std: float | None = None,
+    dual_attention_layers: Sequence[int] = (),
     verbose: bool = False,
 ) -> Path:
     """Build a tiny random-weight SD3 pipeline and save it with ``save_pretrained``.
@@ -462,6 +465,7 @@ def build_tiny_sd3(
             with the default is nearly a bag of words; a large value (e.g. 5) makes each token's
             output depend on its neighbours, so a model conditioned on it can tell "a red circle and
             a blue square" from "a blue circle and a red square" (docs/shapes.md).
+        dual_attention_layers: Blocks with SD3.5's second, image-only attention (``attn2``).
         verbose: Print progress to stdout.
 
     Returns:
@@ -496,7 +500,7 @@ def build_tiny_sd3(
                 pixel_space=pixel_space,
                 words=words,
                 clip_max_length=clip_max_length,
-                t5_position_bias_std=t5_position_bias_std,
+                t5_position_bias_std=t5_position_bias_std, dual_attention_layers=dual_attention_layers,
             )
         shutil.rmtree(tmp / ".scratch", ignore_errors=True)
         for name, comp in components.items():

@@ -33,14 +33,14 @@ def test_missing_listed_asset_names_the_rebuild_commands(tmp_path: Path) -> None
 
 
 def test_backbone_and_lora_loaders_raise_the_asset_error(tmp_path: Path) -> None:
-    from tdmr1_lightning.backbones.base import check_lora_file
+    from tdmr1_lightning.backbones.lora_files import read_lora_file
     from tdmr1_lightning.backbones.hub import resolve_pretrained
 
     _manifest(tmp_path / "assets")
     with pytest.raises(MissingAssetError, match="ship it"):
         resolve_pretrained(str(tmp_path / "assets" / "teacher"))
     with pytest.raises(MissingAssetError, match="tdm.yaml"):
-        check_lora_file(tmp_path / "assets" / "student.safetensors")
+        read_lora_file(tmp_path / "assets" / "student.safetensors")
 
 
 def test_repository_manifest_lists_the_shipped_shapes_models() -> None:

@@ -1,6 +1,5 @@
 """The SD3 backbone on a tiny offline pipeline: roles, LoRA checkpoints, decoding, bad input."""
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -96,8 +95,8 @@ def _lora_state(backbone, scale=0.01, prefix="transformer."):
 def test_generator_starts_from_a_lora_checkpoint(tmp_path, tiny_sd3_path, backbone):
     path = tmp_path / "tdm_lora.safetensors"
     state = _lora_state(backbone)
-    save_file(state, str(path))
-    bb = SD3Backbone(str(tiny_sd3_path), resolution=32, lora_rank=4, lora_alpha=8, max_sequence_length=32, generator_checkpoint=str(path))
+    save_file(state, str(path))  # no alpha stated: alpha = rank, as diffusers reads it
+    bb = SD3Backbone(str(tiny_sd3_path), resolution=32, lora_rank=4, lora_alpha=4, max_sequence_length=32, generator_checkpoint=str(path))
     bb.build([GENERATOR, GENERATOR_EMA, FAKE])
     x, c = _inputs(bb)
     assert not torch.allclose(bb.velocity(GENERATOR, x, 0.9, c), bb.velocity(TEACHER, x, 0.9, c))
@@ -106,10 +105,10 @@ def test_generator_starts_from_a_lora_checkpoint(tmp_path, tiny_sd3_path, backbo
     # the same weights through a torch checkpoint (read with weights_only) and in full-copy mode
     pt = tmp_path / "tdm_lora.pt"
     torch.save({k.replace("transformer.", "base_model.model."): v for k, v in state.items()}, pt)
-    bb_pt = SD3Backbone(str(tiny_sd3_path), resolution=32, lora_rank=4, lora_alpha=8, max_sequence_length=32, generator_checkpoint=str(pt))
+    bb_pt = SD3Backbone(str(tiny_sd3_path), resolution=32, lora_rank=4, lora_alpha=4, max_sequence_length=32, generator_checkpoint=str(pt))
     bb_pt.build([GENERATOR])
     assert torch.allclose(bb_pt.velocity(GENERATOR, x, 0.9, c), bb.velocity(GENERATOR, x, 0.9, c), atol=1e-6)
-    bb_full = SD3Backbone(str(tiny_sd3_path), resolution=32, roles_as="full", lora_alpha=8, max_sequence_length=32, generator_checkpoint=str(path))
+    bb_full = SD3Backbone(str(tiny_sd3_path), resolution=32, roles_as="full", lora_rank=4, lora_alpha=4, max_sequence_length=32, generator_checkpoint=str(path))
     bb_full.build([GENERATOR])
     assert torch.allclose(bb_full.velocity(GENERATOR, x, 0.9, c), bb.velocity(GENERATOR, x, 0.9, c), atol=1e-5)
 
@@ -119,14 +118,19 @@ def test_lora_checkpoint_with_foreign_keys_is_refused(tmp_path, tiny_sd3_path, b
     state["transformer.no_such_block.attn.to_q.lora_A.weight"] = torch.zeros(4, 8)
     path = tmp_path / "bad.safetensors"
     save_file(state, str(path))
-    bb = SD3Backbone(str(tiny_sd3_path), resolution=32, lora_rank=4, generator_checkpoint=str(path))
-    with pytest.raises(LoraCheckpointError, match=r"bad\.safetensors.*no_such_block"):
+    with pytest.raises(LoraCheckpointError, match=r"bad\.safetensors.*first unmatched key: 'no_such_block"):
+        SD3Backbone(str(tiny_sd3_path), resolution=32, lora_rank=4, lora_alpha=4, generator_checkpoint=str(path))
+    # a key of the right family that names no LoRA layer of this transformer is refused when it is built
+    state = _lora_state(backbone)
+    state["transformer.transformer_blocks.0.ff.net.2.lora_A.weight"] = torch.zeros(4, 8)
+    save_file(state, str(path))
+    bb = SD3Backbone(str(tiny_sd3_path), resolution=32, lora_rank=4, lora_alpha=4, generator_checkpoint=str(path))
+    with pytest.raises(LoraCheckpointError, match=r"first unmatched key: 'transformer_blocks.0.ff.net.2.lora_A.weight'"):
         bb.build([GENERATOR])
-    wrong_rank = tmp_path / "rank8.safetensors"
+    wrong_rank = tmp_path / "rank4.safetensors"
     save_file(_lora_state(backbone), str(wrong_rank))
-    bb = SD3Backbone(str(tiny_sd3_path), resolution=32, lora_rank=8, generator_checkpoint=str(wrong_rank))
-    with pytest.raises(LoraCheckpointError, match="lora_rank"):
-        bb.build([GENERATOR])
+    with pytest.raises(LoraCheckpointError, match="rank-4 LoRA but lora_rank is 8: set lora_rank: 4"):
+        SD3Backbone(str(tiny_sd3_path), resolution=32, lora_rank=8, generator_checkpoint=str(wrong_rank))
 
 
 def test_lora_checkpoint_checked_before_models_load(tmp_path, tiny_sd3_path):
@@ -138,9 +142,8 @@ def test_lora_checkpoint_checked_before_models_load(tmp_path, tiny_sd3_path):
         SD3Backbone(str(tiny_sd3_path), generator_checkpoint=str(not_lora))
     pickled = tmp_path / "evil.pt"
     torch.save({"x": object()}, pickled)
-    bb = SD3Backbone(str(tiny_sd3_path), resolution=32, lora_rank=4, generator_checkpoint=str(pickled))
     with pytest.raises(LoraCheckpointError, match="evil.pt"):
-        bb.build([GENERATOR])
+        SD3Backbone(str(tiny_sd3_path), resolution=32, lora_rank=4, generator_checkpoint=str(pickled))
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tdmr1_lightning import losses
-from tdmr1_lightning.backbones.base import FAKE, GENERATOR, GENERATOR_EMA, SURROGATE, SURROGATE_OLD, TEACHER, LoraCheckpointError
+from tdmr1_lightning.backbones.base import FAKE, GENERATOR, GENERATOR_EMA, SURROGATE, SURROGATE_OLD, TEACHER
 from tdmr1_lightning.cli import build_cli
 from tdmr1_lightning.module import NonFiniteLossError
 
@@ -216,12 +216,15 @@ def test_generator_and_fake_start_from_a_tdm_run_checkpoint(tmp_path, tiny_sd3_p
     fake_b = [p for n, p in trained.base.named_parameters() if f".lora_B.{FAKE}." in n]
     assert fake_b and any(p.abs().sum() > 0 for p in fake_b)  # the fake score was trained ...
     assert all(torch.equal(a, b) for a, b in zip(trained.parameters_of(FAKE), roles.parameters_of(FAKE)))  # ... and loaded
+    # the checkpoint records its adapters' alpha: another one is refused before any model loads
+    with pytest.raises(ValueError, match="trained with lora_alpha 8 but lora_alpha is 16: set lora_alpha: 8"):
+        build_cli(tiny_args(tmp_path / "r3", tiny_sd3_path, f"--model.backbone.init_args.generator_checkpoint={ckpt}",
+                            "--model.backbone.init_args.lora_alpha=16"), run=False)
     # a checkpoint of this project without the role is refused, naming the key, the file and what it has
     no_fake = tmp_path / "no_fake.pt"
     torch.save({k: v for k, v in torch.load(ckpt, weights_only=True)["state_dict"].items() if f".{FAKE}." not in k}, no_fake)
-    third = build_cli(tiny_args(tmp_path / "r2", tiny_sd3_path, f"--model.backbone.init_args.fake_checkpoint={no_fake}"), run=False)
-    with pytest.raises(LoraCheckpointError, match=r"fake_checkpoint: .*no_fake\.pt holds no 'fake' adapter \(it has generator, generator_ema\)"):
-        third.model.configure_model()
+    with pytest.raises(ValueError, match=r"fake_checkpoint: .*no_fake\.pt holds no 'fake' adapter \(it has generator, generator_ema\)"):
+        build_cli(tiny_args(tmp_path / "r2", tiny_sd3_path, f"--model.backbone.init_args.fake_checkpoint={no_fake}"), run=False)
 
 
 def test_frozen_surrogate_stops_changing(tmp_path, tiny_sd3_path):

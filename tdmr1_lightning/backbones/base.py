@@ -10,28 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Iterator, Literal, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ..assets import check_asset
 
-TEACHER = "teacher"
-GENERATOR = "generator"
-FAKE = "fake"
-SURROGATE = "surrogate"
-GENERATOR_EMA = "generator_ema"
-SURROGATE_OLD = "surrogate_old"
-SURROGATE_REF = "surrogate_ref"
-TRAINED_ROLES = (GENERATOR, FAKE, SURROGATE)
-EMA_SOURCES = {GENERATOR_EMA: GENERATOR, SURROGATE_OLD: SURROGATE, SURROGATE_REF: SURROGATE}
-"""Each EMA role and the trained role it follows."""
+from .lora_files import LORA_FILE_SUFFIXES, LoraCheckpointError, LoraFile, read_lora_file  # noqa: F401 (re-exported)
+from .roles import (  # noqa: F401 (re-exported)
+    EMA_SOURCES, FAKE, GENERATOR, GENERATOR_EMA, SURROGATE, SURROGATE_OLD, SURROGATE_REF, TEACHER, TRAINED_ROLES,
+)
 
 RolesAs = Literal["lora", "full"]
 
@@ -83,98 +74,16 @@ def unique_tensor_bytes(module: nn.Module) -> int:
 # --------------------------------------------------------------------------------------------
 
 DEFAULT_LORA_TARGETS = (
-    "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+    "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj",
+    "attn.to_add_out",
 )
-_LORA_SUFFIX_ALIASES = {".lora_down.": ".lora_A.", ".lora_up.": ".lora_B."}
-_LORA_PREFIXES = ("backbone.roles.base.", "base_model.model.", "transformer.", "model.diffusion_model.", "diffusion_model.")
-LORA_FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+"""The reference's LoRA targets: the joint attention's projections (``attn.*``; SD3.5's second,
+image-only attention ``attn2`` has none), matched as peft matches them (the name, or its end after a dot)."""
 
 
-class LoraCheckpointError(ValueError):
-    """A LoRA checkpoint that cannot be loaded into a role."""
-
-
-def check_lora_file(path: str | os.PathLike, key: str = "generator_checkpoint") -> Path:
-    """Validate a LoRA checkpoint before any model loads: it exists, has a known format and LoRA keys.
-
-    ``key`` is the config key that named the file, for the error messages.
-    """
-    path = check_asset(path, key)
-    if not path.is_file():
-        raise LoraCheckpointError(f"{key}: no such file: {path}")
-    if path.suffix not in LORA_FILE_SUFFIXES:
-        raise LoraCheckpointError(
-            f"{key}: {path} has suffix {path.suffix!r}; expected one of {', '.join(LORA_FILE_SUFFIXES)}"
-        )
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            keys = list(f.keys())
-        if not any(".lora_" in k for k in keys):
-            raise LoraCheckpointError(
-                f"{key}: {path} holds no LoRA tensors (no key contains '.lora_A.', '.lora_B.', "
-                f"'.lora_down.' or '.lora_up.'); first keys: {keys[:3]}"
-            )
-    return path
-
-
-def load_lora_state_dict(
-    path: str | os.PathLike, role: str = GENERATOR, key: str = "generator_checkpoint"
-) -> dict[str, Tensor]:
-    """Read a LoRA state dict from safetensors or a torch checkpoint, never executing pickled code.
-
-    Keys are normalised to ``<module path>.lora_A.weight`` / ``.lora_B.weight`` (diffusers / peft
-    formats with or without a ``transformer.`` or ``base_model.model.`` prefix; kohya-style
-    ``lora_down`` / ``lora_up``). From a Lightning checkpoint of this project it takes ``role``'s
-    adapter: for the generator its EMA (a TDM run's student, to start TDM-R1 from), for the fake
-    score the fake score (so TDM-R1 starts with the critic that matches that student). ``key`` is
-    the config key that named the file, for the error messages.
-    """
-    path = check_lora_file(path, key)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        raw = load_file(str(path))
-    else:
-        try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # weights_only refuses pickled objects: say so plainly
-            raise LoraCheckpointError(f"{key}: cannot read {path} as a tensor state dict: {err}") from err
-        for wrapper in ("state_dict", "module"):
-            if isinstance(raw, dict) and isinstance(raw.get(wrapper), dict):
-                raw = raw[wrapper]
-    if not isinstance(raw, dict) or not all(isinstance(v, Tensor) for v in raw.values()):
-        raise LoraCheckpointError(f"{key}: {path} is not a flat dictionary of tensors")
-    raw = _own_checkpoint_role(raw, role, f"{key}: {path}")
-    out: dict[str, Tensor] = {}
-    for name, value in raw.items():
-        if ".alpha" in name or not (".lora_" in name):
-            continue
-        for old, new in _LORA_SUFFIX_ALIASES.items():
-            name = name.replace(old, new)
-        for prefix in _LORA_PREFIXES:
-            if name.startswith(prefix):
-                name = name[len(prefix):]
-        out[name] = value
-    if not out:
-        raise LoraCheckpointError(f"{key}: {path} holds no LoRA tensors")
-    return out
-
-
-def _own_checkpoint_role(state: dict[str, Tensor], role: str, where: str) -> dict[str, Tensor]:
-    """From a checkpoint of this project (role adapters by name), ``role``'s LoRA (the generator: its EMA first).
-
-    A state dict without role names (a plain LoRA file) is returned as it is.
-    """
-    present = {r for k in state if ".lora_" in k for r in (*TRAINED_ROLES, *EMA_SOURCES) if f".{r}." in k}
-    if not present:
-        return state
-    for candidate in ((GENERATOR_EMA, GENERATOR) if role == GENERATOR else (role,)):
-        if candidate in present:
-            infix = f".{candidate}."
-            return {k.replace(infix, "."): v for k, v in state.items() if ".lora_" in k and infix in k}
-    raise LoraCheckpointError(f"{where} holds no {role!r} adapter (it has {', '.join(sorted(present))})")
+def matches_targets(name: str, targets: Sequence[str]) -> bool:
+    """Whether a module name is a LoRA target, by peft's rule for a list of target names."""
+    return any(name == t or name.endswith(f".{t}") for t in targets)
 
 
 class RoleTransformers(nn.Module):
@@ -207,6 +116,7 @@ class RoleTransformers(nn.Module):
             raise ValueError(f"unknown roles {sorted(unknown)}")
         self.roles_as = roles_as
         self.lora_rank, self.lora_alpha = lora_rank, float(lora_alpha)
+        self.lora_target_modules = tuple(lora_target_modules)
         self.base = base.requires_grad_(False).eval()
         self._active: str | None = None
         if roles_as == "lora":
@@ -352,61 +262,57 @@ class RoleTransformers(nn.Module):
 
     # -- LoRA checkpoints ---------------------------------------------------------------------
 
-    def load_lora_(self, role: str, state_dict: dict[str, Tensor], source: str) -> int:
-        """Load a normalised LoRA state dict (see :func:`load_lora_state_dict`) into ``role``.
+    def lora_layer_names(self) -> list[str]:
+        """Names of the denoiser's LoRA target layers, in module order (the order of an adapter's tensors)."""
+        module = self.base if self.roles_as == "lora" else next(iter(self.copies.values()), self.base)
+        return [name for name, _ in module.named_modules() if matches_targets(name, self.lora_target_modules)]
 
-        Raises :class:`LoraCheckpointError` naming ``source`` and the first offending keys when keys
-        do not match the denoiser's LoRA layers or shapes differ. Returns the number of tensors loaded.
+    def load_lora_(self, role: str, lora: LoraFile, scale: float = 1.0) -> int:
+        """Start ``role`` from a LoRA file, its update multiplied by ``scale``; returns the tensors loaded.
+
+        Raises :class:`LoraCheckpointError` naming the file and the first key that matches no LoRA
+        layer, or whose shape differs. In ``full`` mode the update ``scale * alpha / rank * B A`` is
+        added to the role's copy.
         """
-        if self.roles_as == "full":
-            return self._merge_lora_into_copy(role, state_dict, source)
-        params = dict(self.base.named_parameters())
-        missing, mismatched = [], []
-        for key, value in state_dict.items():
-            head, _, tail = key.rpartition(".lora_")
-            which, _, rest = tail.partition(".")
-            target = f"{head}.lora_{which}.{role}.{rest}"
-            if target not in params:
-                missing.append(key)
-            elif params[target].shape != value.shape:
-                mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(params[target].shape)}")
-        if missing or mismatched:
-            lines = []
-            if missing:
-                lines.append(
-                    f"{len(missing)} of {len(state_dict)} keys match no LoRA layer of the transformer "
-                    f"(targets: {sorted(self.base.peft_config[role].target_modules)}), e.g. {missing[:3]}"
-                )
-            if mismatched:
-                lines.append(f"{len(mismatched)} shapes differ (is lora_rank right?), e.g. {mismatched[:3]}")
-            raise LoraCheckpointError(f"{source}: " + "; ".join(lines))
+        lora.check(self.lora_rank, self.lora_alpha)
+        state = lora.named(self.lora_layer_names())
+        layers = set(self.lora_layer_names())
+        shapes = self._lora_shapes(role)
+        unmatched = [k for k in state if k.rpartition(".lora_")[0] not in layers]
+        if unmatched:
+            raise LoraCheckpointError(
+                f"{lora.where}: {len(unmatched)} of {len(state)} keys match no LoRA layer of the transformer "
+                f"(lora_target_modules: {list(self.lora_target_modules)}); first unmatched key: {unmatched[0]!r}"
+            )
+        wrong = [f"{k}: file {tuple(v.shape)} vs model {shapes[k]}" for k, v in state.items() if tuple(v.shape) != shapes[k]]
+        if wrong:
+            raise LoraCheckpointError(f"{lora.where}: {len(wrong)} shapes differ, first {wrong[0]}")
         with torch.no_grad():
-            for key, value in state_dict.items():
-                head, _, tail = key.rpartition(".lora_")
-                which, _, rest = tail.partition(".")
-                params[f"{head}.lora_{which}.{role}.{rest}"].copy_(value)
-        return len(state_dict)
+            if self.roles_as == "lora":
+                params = dict(self.base.named_parameters())
+                for key, value in state.items():
+                    head, _, tail = key.rpartition(".lora_")
+                    which, _, rest = tail.partition(".")
+                    params[f"{head}.lora_{which}.{role}.{rest}"].copy_(value * scale if which == "B" else value)
+            else:
+                modules = dict(self.copies[role].named_modules())
+                for head in {k.rpartition(".lora_")[0] for k in state}:
+                    a, b = state[f"{head}.lora_A.weight"].float(), state[f"{head}.lora_B.weight"].float()
+                    weight = modules[head].weight
+                    weight.add_((scale * self.lora_alpha / self.lora_rank * (b @ a)).to(weight.dtype))
+        return len(state)
 
-    def _merge_lora_into_copy(self, role: str, state_dict: dict[str, Tensor], source: str) -> int:
-        modules = dict(self.copies[role].named_modules())
-        pairs: dict[str, dict[str, Tensor]] = {}
-        for key, value in state_dict.items():
-            head, _, tail = key.rpartition(".lora_")
-            pairs.setdefault(head, {})[tail.split(".")[0]] = value
-        bad = [h for h, ab in pairs.items() if h not in modules or not hasattr(modules[h], "weight") or set(ab) != {"A", "B"}]
-        if bad:
-            raise LoraCheckpointError(f"{source}: keys match no linear layer of the transformer, e.g. {bad[:3]}")
-        with torch.no_grad():
-            for head, ab in pairs.items():
-                weight = modules[head].weight
-                rank = ab["A"].shape[0]
-                delta = (ab["B"].float() @ ab["A"].float()) * (self.lora_alpha / rank)
-                if delta.shape != weight.shape:
-                    raise LoraCheckpointError(
-                        f"{source}: {head}: LoRA update {tuple(delta.shape)} vs weight {tuple(weight.shape)}"
-                    )
-                weight.add_(delta.to(weight.dtype))
-        return len(state_dict)
+    def _lora_shapes(self, role: str) -> dict[str, tuple[int, ...]]:
+        """The shape of each ``<layer>.lora_A.weight`` / ``.lora_B.weight`` an adapter of this rank has."""
+        module = self.base if self.roles_as == "lora" else self.copies[role]
+        modules = dict(module.named_modules())
+        shapes = {}
+        for name in self.lora_layer_names():
+            linear = modules[name].get_base_layer() if hasattr(modules[name], "get_base_layer") else modules[name]
+            out_features, in_features = linear.weight.shape
+            shapes[f"{name}.lora_A.weight"] = (self.lora_rank, in_features)
+            shapes[f"{name}.lora_B.weight"] = (out_features, self.lora_rank)
+        return shapes
 
 
 def _enable_checkpointing(denoiser: nn.Module, checkpoint_fn=None) -> None:

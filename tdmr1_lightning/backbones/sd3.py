@@ -16,8 +16,9 @@ from .base import (
     RectifiedFlowBackbone,
     RoleTransformers,
     RolesAs,
-    check_lora_file,
-    load_lora_state_dict,
+    LoraCheckpointError,
+    LoraFile,
+    read_lora_file,
 )
 from ..paths import ConfigPath
 from .hub import resolve_pretrained
@@ -36,10 +37,14 @@ class SD3Backbone(RectifiedFlowBackbone):
             ``full``: a full fine-tuned copy of the transformer per role.
         lora_rank: LoRA rank of every role adapter.
         lora_alpha: LoRA alpha (scale = alpha / rank).
-        lora_target_modules: Attention projections that get adapters.
-        generator_checkpoint: Optional LoRA state dict (``.safetensors`` or a torch checkpoint, read
-            without executing pickled code) to start the generator from, e.g. the released TDM LoRA.
-            A checkpoint of this project gives its generator EMA.
+        lora_target_modules: Layers that get adapters, matched as peft matches them (a name, or its end
+            after a dot); default: the reference's joint-attention projections `attn.*` (not SD3.5's `attn2`).
+        generator_checkpoint: Optional LoRA file to start the generator from (read without executing
+            pickled code): a diffusers / PEFT / kohya LoRA (e.g. the TDM SD3 LoRA), a PEFT adapter
+            folder, the authors' EMA ``.ckpt`` (the TDM SD3.5 LoRA, a TDM-R1 ``ema.ckpt``), or a
+            checkpoint of this project (its generator EMA). Its rank and alpha must be
+            ``lora_rank`` and ``lora_alpha`` (``backbones/lora_files.py`` says what each format states).
+        generator_checkpoint_scale: Scale of the loaded LoRA's update (the TDM SD3 LoRA is applied at 0.125).
         fake_checkpoint: Optional LoRA state dict to start the fake score from (default: equal to the
             teacher). A checkpoint of this project gives its fake score: starting TDM-R1 with the
             critic of the TDM run that made the generator, the marginal-KL term is right from the
@@ -61,6 +66,7 @@ class SD3Backbone(RectifiedFlowBackbone):
         lora_alpha: float = 64.0,
         lora_target_modules: Sequence[str] = DEFAULT_LORA_TARGETS,
         generator_checkpoint: ConfigPath | None = None,
+        generator_checkpoint_scale: float = 1.0,
         fake_checkpoint: ConfigPath | None = None,
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         max_sequence_length: int = 256,
@@ -74,8 +80,10 @@ class SD3Backbone(RectifiedFlowBackbone):
         if lora_rank < 1:
             raise ValueError(f"lora_rank must be >= 1, got {lora_rank}")
         self.pretrained_model = resolve_pretrained(pretrained_model, revision=revision)
-        self.generator_checkpoint = check_lora_file(generator_checkpoint) if generator_checkpoint else None
-        self.fake_checkpoint = check_lora_file(fake_checkpoint, "fake_checkpoint") if fake_checkpoint else None
+        # LoRA files are read now: a wrong format, rank, alpha or model family fails before any model loads.
+        self.generator_lora = self._read_lora(generator_checkpoint, GENERATOR, "generator_checkpoint", lora_rank, lora_alpha)
+        self.generator_checkpoint_scale = float(generator_checkpoint_scale)
+        self.fake_lora = self._read_lora(fake_checkpoint, FAKE, "fake_checkpoint", lora_rank, lora_alpha)
         self.resolution = resolution
         self.roles_as = roles_as
         self.lora = dict(lora_rank=lora_rank, lora_alpha=lora_alpha, lora_target_modules=tuple(lora_target_modules))
@@ -108,14 +116,28 @@ class SD3Backbone(RectifiedFlowBackbone):
         self.roles = RoleTransformers(
             transformer, roles, self.roles_as, **self.lora, gradient_checkpointing=self.gradient_checkpointing
         )
-        if self.generator_checkpoint is not None:
-            state = load_lora_state_dict(self.generator_checkpoint)
-            self.roles.load_lora_(GENERATOR, state, f"generator_checkpoint {self.generator_checkpoint}")
+        if self.generator_lora is not None:
+            self.roles.load_lora_(GENERATOR, self.generator_lora, self.generator_checkpoint_scale)
             if GENERATOR_EMA in self.roles.roles:
                 self.roles.copy_role_(GENERATOR_EMA, GENERATOR)
-        if self.fake_checkpoint is not None and FAKE in self.roles.roles:  # inference builds no fake score
-            state = load_lora_state_dict(self.fake_checkpoint, FAKE, "fake_checkpoint")
-            self.roles.load_lora_(FAKE, state, f"fake_checkpoint {self.fake_checkpoint}")
+        if self.fake_lora is not None and FAKE in self.roles.roles:  # inference builds no fake score
+            self.roles.load_lora_(FAKE, self.fake_lora)
+
+    lora_key_prefix = "transformer_blocks."
+    """Every LoRA key of this family's transformer starts so (a LoRA of another model family does not)."""
+
+    def _read_lora(self, path, role: str, key: str, rank: int, alpha: float) -> LoraFile | None:
+        if not path:
+            return None
+        lora = read_lora_file(path, role, key)
+        foreign = [k for k in (lora.tensors or {}) if not k.startswith(self.lora_key_prefix)]
+        if foreign:
+            raise LoraCheckpointError(
+                f"{lora.where}: first unmatched key: {foreign[0]!r}, not a key of an SD3 transformer's LoRA "
+                f"(they start with {self.lora_key_prefix!r}): a LoRA of another model family?"
+            )
+        lora.check(rank, alpha)
+        return lora
 
     def train(self, mode: bool = True) -> "SD3Backbone":
         """Set training mode; the frozen VAE and text encoders stay in eval mode.

@@ -24,8 +24,10 @@ class TinySD3Backbone(SD3Backbone):
         roles_as: ``lora`` (adapters on one transformer) or ``full`` (a copy per role).
         lora_rank: LoRA rank of every role adapter.
         lora_alpha: LoRA alpha.
-        lora_target_modules: Attention projections that get adapters.
-        generator_checkpoint: Optional LoRA state dict to start the generator from.
+        lora_target_modules: Layers that get adapters, matched as peft matches them (a name, or its end
+            after a dot); default: the reference's joint-attention projections `attn.*` (not SD3.5's `attn2`).
+        generator_checkpoint: Optional LoRA file to start the generator from (as :class:`SD3Backbone`).
+        generator_checkpoint_scale: Scale of the loaded LoRA's update.
         fake_checkpoint: Optional LoRA state dict to start the fake score from.
         dtype: Storage dtype of the frozen weights.
         max_sequence_length: T5 tokens per prompt.
@@ -51,6 +53,7 @@ class TinySD3Backbone(SD3Backbone):
         lora_alpha: float = 8.0,
         lora_target_modules: Sequence[str] = DEFAULT_LORA_TARGETS,
         generator_checkpoint: ConfigPath | None = None,
+        generator_checkpoint_scale: float = 1.0,
         fake_checkpoint: ConfigPath | None = None,
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         max_sequence_length: int = 64,
@@ -70,7 +73,8 @@ class TinySD3Backbone(SD3Backbone):
         )
         super().__init__(
             str(path), resolution=resolution, roles_as=roles_as, lora_rank=lora_rank, lora_alpha=lora_alpha,
-            lora_target_modules=lora_target_modules, generator_checkpoint=generator_checkpoint, fake_checkpoint=fake_checkpoint,
+            lora_target_modules=lora_target_modules, generator_checkpoint=generator_checkpoint,
+            generator_checkpoint_scale=generator_checkpoint_scale, fake_checkpoint=fake_checkpoint,
             dtype=dtype, max_sequence_length=max_sequence_length, gradient_checkpointing=gradient_checkpointing,
         )
 

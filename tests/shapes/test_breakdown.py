@@ -19,7 +19,6 @@ from tdmr1_lightning.shapes.breakdown import (
     failures_by_tag,
     held_out_kinds,
     load_held_out,
-    load_samples,
     load_world,
     main,
 )
