@@ -483,7 +483,7 @@ class TDMR1Module(L.LightningModule):
         x0_hat = x0_from_velocity(x_j, s_[j], v)
         x_next = euler_step(x_j, s_[j], s_[j + 1], v).detach()
 
-        # 5.1 fake score
+        # 5.1 fake score, at the level the generator loss queries it (the reference's one tau per boundary)
         s = sample_query_level(s_[j + 1], k, hp.level_margin, levels)
         x_s = renoise(x_next, s_[j + 1], s, self.keyed_noise(shape, sample, *draw, _FAKE_NOISE))
         with torch.no_grad():
@@ -491,9 +491,8 @@ class TDMR1Module(L.LightningModule):
         loss_fake = losses.fake_score_loss(bb.velocity(FAKE, x_s, s, cond), x_s, x0_hat.detach(), s, v_teacher, hp.fake_teacher_weight)
         self._backward(loss_fake * scale, "fake", nonfinite)
 
-        # 5.3 generator
+        # 5.3 generator: the same level, fresh noise
         with torch.no_grad():
-            s = sample_query_level(s_[j + 1], k, hp.level_margin, levels)
             x_s = renoise(x_next, s_[j + 1], s, self.keyed_noise(shape, sample, *draw, _GENERATOR_NOISE))
             fake = x0_from_velocity(x_s, s, bb.velocity(FAKE, x_s, s, cond))
             vc, vu = bb.velocity_cond_uncond(TEACHER, x_s, s, cond)

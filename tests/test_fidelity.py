@@ -149,3 +149,47 @@ def test_critic_optimizer_settings_have_one_source(tmp_path, tiny_sd3_path):
     assert (fake["lr"], fake["betas"]) == (0.123, (0.5, 0.9))
     assert (surrogate["lr"], tuple(surrogate["betas"])) == (0.123, (0.9, 0.999))
     assert fake["weight_decay"] == surrogate["weight_decay"] == 1e-4
+
+
+def test_every_query_level_keeps_the_margin(tmp_path, tiny_sd3_path, monkeypatch):
+    # section 8.3: u ~ U[S^-1(lower) + 0.02, 1] for the fake score's and the generator's x_s, the generator's
+    # x_s' (lower = max(s_{j+1}, s_min_gen)) and the surrogate's training level (lower = max(s_n, s_min_reward))
+    from tdmr1_lightning import module as module_file
+    from tdmr1_lightning.schedule import inverse_time_shift, step_boundaries, time_shift
+
+    calls = []
+    real = module_file.sample_query_level
+
+    def spy(above, shift, margin, generator=None):
+        s = real(above, shift, margin, generator)
+        calls.append((above, margin, s))
+        return s
+
+    monkeypatch.setattr(module_file, "sample_query_level", spy)
+    cli = _fit(tmp_path, tiny_sd3_path, "--trainer.max_steps=1", "--model.s_min_gen=0.6", "--model.s_min_reward=0.8")
+    assert all(margin == 0.02 for _, margin, _ in calls)
+    assert all(s >= time_shift(float(inverse_time_shift(above, 3.0)) + 0.02, 3.0) - 1e-12 for above, _, s in calls)
+    lowers = {round(above, 6) for above, _, _ in calls}
+    boundaries = step_boundaries(4, 3.0)[1:]
+    assert lowers & {round(max(s, 0.6), 6) for s in boundaries} - {round(s, 6) for s in boundaries}  # x_s'
+    assert 0.8 in lowers  # the surrogate's training level (every boundary is below 0.8 but t = 900)
+    assert cli.trainer.global_step == 1
+
+
+def test_the_fake_score_is_trained_at_the_level_the_generator_queries_it(tmp_path, tiny_sd3_path, monkeypatch):
+    # the reference draws one level tau per boundary for both (scripts/train_tdmr1_pub.py: tau_list[j])
+    from tdmr1_lightning.backbones.sd3 import SD3Backbone as Family
+
+    fake_levels = []
+    real = Family.velocity
+
+    def spy(self, role, x, s, cond):
+        if role == FAKE:
+            fake_levels.append((torch.is_grad_enabled(), float(s)))
+        return real(self, role, x, s, cond)
+
+    monkeypatch.setattr(Family, "velocity", spy)
+    _fit(tmp_path, tiny_sd3_path, "--trainer.max_steps=1", "--model.rewards=null")
+    trained, queried = fake_levels[0::2], fake_levels[1::2]  # per boundary: the fake loss, then the generator's query
+    assert len(trained) == len(queried) == 4 and all(g for g, _ in trained) and not any(g for g, _ in queried)
+    assert [s for _, s in trained] == [s for _, s in queried]
