@@ -41,6 +41,7 @@ from torch import Tensor
 
 from .data import ALL_TAG, keyed_generator, split_records
 from .paths import ConfigPath
+from .registry import build_rewards
 
 __all__ = [
     "EvaluateOnFit",
@@ -607,14 +608,6 @@ def _parse_rewards(text: str) -> list[Any]:
     return entries
 
 
-def _build_rewards(entries: list[Any]):
-    from .registry import RewardSpec
-    from .reward import WeightedRewards
-
-    specs = [RewardSpec.from_config(e, f"--rewards[{i}]") for i, e in enumerate(entries)]
-    return WeightedRewards([(spec.label, spec.build(), spec.weight) for spec in specs])
-
-
 def _load_checkpoint(module: Any, path: str, role: str) -> dict[str, Any]:
     """Load the role weights of ``path`` (a Lightning checkpoint or a bare state dict) into ``module``."""
     try:
@@ -713,7 +706,7 @@ def run(options: argparse.Namespace, passthrough: Sequence[str] = (), fail=None)
     if options.rewards is not None:
         try:
             entries = _parse_rewards(options.rewards)
-            override_rewards = (entries, _build_rewards(entries))
+            override_rewards = (entries, build_rewards(entries, "--rewards"))
         except (EvaluationError, RewardRegistryError) as err:
             _fail(str(err))
     sets = []
@@ -939,7 +932,7 @@ class EvaluateOnFit(L.Callback):
         self.prompts, self.metadata, self.tags = split_records(self.records)
         self.prompts_path = os.fspath(prompts)
         self.reward_entries = rewards
-        self.rewards = _build_rewards(rewards) if rewards is not None else None
+        self.rewards = build_rewards(rewards, "rewards") if rewards is not None else None
         self.counts = images_per_prompt_by_tag(self.tags, images_per_prompt, min_samples_per_tag)
         self.images_per_prompt, self.min_samples_per_tag = images_per_prompt, min_samples_per_tag
         self.seed, self.batch_size = seed, batch_size

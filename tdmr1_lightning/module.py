@@ -9,20 +9,15 @@ logging and checkpoint intervals count what a user expects.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import multiprocessing
-import time
 import warnings
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
-from torch.nn.parallel import DistributedDataParallel
 
 from . import losses
 from .backbones.base import (
@@ -39,13 +34,15 @@ from .backbones.base import (
 from .backbones.lora_files import CHECKPOINT_LORA_KEY
 from .data import keyed_generator, run_seed, split_records
 from .image_logging import log_image_grid
-from .registry import RewardSpec
+from .registry import build_rewards
 from .reward import WeightedRewards
 from .sampler import sample_trajectory
 from .schedule import (
     check_schedule, euler_step, renoise, sample_query_level, step_boundaries,
     x0_from_velocity,
 )
+from .scoring import RewardScorer
+from .stepping import ManualStepper
 
 
 _SURROGATE_BETAS = {"betas": [0.9, 0.999]}
@@ -53,13 +50,6 @@ _SURROGATE_BETAS = {"betas": [0.9, 0.999]}
 
 def _adamw(lr: float, betas: tuple[float, float], weight_decay: float = 1e-4) -> OptimizerCallable:
     return lambda params: torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
-
-
-def _build_rewards(entries: list[dict[str, Any]] | None, where: str = "model.rewards") -> WeightedRewards | None:
-    if not entries:
-        return None
-    specs = [RewardSpec.from_config(e, f"{where}[{i}]") for i, e in enumerate(entries)]
-    return WeightedRewards([(spec.label, spec.build(), spec.weight) for spec in specs])
 
 
 def _append(sums: dict[str, list[Tensor]], logs: dict[str, Tensor]) -> None:
@@ -197,18 +187,18 @@ class TDMR1Module(L.LightningModule):
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold the roles only, not the frozen base
         self.backbone = backbone
-        self.rewards = _build_rewards(rewards)
-        self._reward_entries = rewards  # what a reward worker process builds its own copy from
-        self.eval_rewards = _build_rewards(eval_rewards, "model.eval_rewards") if eval_rewards is not None else self.rewards
+        self.rewards = build_rewards(rewards)
+        self.scorer = RewardScorer(self.rewards, rewards, overlap_rewards) if self.rewards is not None else None
+        self.eval_rewards = build_rewards(eval_rewards, "model.eval_rewards") if eval_rewards is not None else self.rewards
         self.generator_optimizer = generator_optimizer
         self.critic_optimizer = critic_optimizer
         self.fake_param_group = dict(fake_param_group or {})
         self.surrogate_param_group = dict(surrogate_param_group or {})
         self.boundaries = step_boundaries(num_steps, shift)
         self.rollout_batch_size = rollout_batch_size or micro_batch_size
+        self.stepper = ManualStepper(self, gradient_clip)
         self._nonfinite_in_a_row = 0
         self._built = False
-        self._reward_pool: Executor | None = None
 
     # ------------------------------------------------------------------------------------------
     # Set-up
@@ -247,9 +237,8 @@ class TDMR1Module(L.LightningModule):
                 rewards.validate(*split_records(records)[:2])
 
     def teardown(self, stage: str) -> None:
-        if self._reward_pool is not None:
-            self._reward_pool.shutdown(wait=True)
-            self._reward_pool = None
+        if self.scorer is not None:
+            self.scorer.close()
 
     def configure_model(self) -> None:
         if self._built:
@@ -337,49 +326,28 @@ class TDMR1Module(L.LightningModule):
         return sums[group_index]
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        hp = self.hparams
+        """One TDM-R1 step (algorithm.md section 6): rollout -> score -> advantages -> per update (fake score,
+        surrogate, generator losses) -> step the critic, then the generator -> EMAs."""
+        hp, step = self.hparams, self.global_step
         opt_g, opt_c = self.optimizers()
-        # global_step counts optimizer steps; the critic's must not count so that it equals generator updates.
-        opt_c._on_before_step = opt_c._on_after_step = lambda: None
-        step = self.global_step
-        prompts, metadata, group = batch["prompts"], batch["metadata"], batch["group_index"].to(self.device)
-        n = len(prompts)
-        sample = batch["sample_index"].to(self.device)
+        prompts, metadata = batch["prompts"], batch["metadata"]
+        group, sample = batch["group_index"].to(self.device), batch["sample_index"].to(self.device)
         all_groups = self.all_gather(group).reshape(-1)
         group_sum = functools.partial(self._group_sum, num_groups=int(all_groups.max()) + 1)
+
         cond = self.backbone.encode_prompts(prompts)
         trajectory = self.rollout(cond, GENERATOR, noise=self.keyed_noise(self.backbone.latent_shape, sample, step, _ROLLOUT))
-        metrics: dict[str, Tensor] = {}
-        scoring: Future | None = None
-        if self.rewards is not None:
-            images = self.decode(trajectory[-1])
-            scoring = self._start_scoring(images, prompts, metadata)
-            if hp.log_images_every_n_steps and step % hp.log_images_every_n_steps == 0:
-                log_image_grid(self, "train/rollouts", images)
-        advantages = torch.zeros(n, device=self.device)
-
-        mbs = hp.micro_batch_size
-        micro_batches = [slice(i, i + mbs) for i in range(0, n, mbs)]
+        scoring = self._start_scoring(trajectory[-1], prompts, metadata) if self.rewards is not None else None
+        advantages = torch.zeros(len(prompts), device=self.device)
         levels = keyed_generator(hp.noise_seed, step, -1)  # same on every process
-        # (micro-batch, draw d, generator boundary j, surrogate boundary j') for every update, drawn up front.
-        weights = torch.arange(1, hp.num_steps + 1, dtype=torch.float)
-        plans = [
-            [(mb, (step, d), j, int(torch.multinomial(weights, 1, generator=levels)))
-             for mb in micro_batches[u::hp.updates_per_step]
-             for d, j in enumerate(torch.randperm(hp.num_steps, generator=levels)[: hp.boundaries_per_batch].tolist())]
-            for u in range(hp.updates_per_step)
-        ]
+        metrics: dict[str, Tensor] = {}
         sums: dict[str, list[Tensor]] = {}
-        for plan in plans:
-            if not plan:
-                continue
+        for plan in self._update_plans(len(prompts), step, levels):
             scale = 1.0 / len(plan)
             nonfinite: list[str] = []
-            # Gradients are accumulated locally and averaged once per update (DDP would reduce at every
-            # backward, and sees roles unused in each one). No parameter changes within an update, so
-            # the fake and generator losses run first, while the rewards are still being scored, and
-            # the surrogate losses, which need the advantages, after.
-            with self._no_grad_sync():
+            with self.stepper.accumulating():
+                # No parameter changes within an update: the fake and generator losses run first, while
+                # the rewards are still being scored, and the surrogate's, which needs the advantages, after.
                 for mb, draw, j, _ in plan:
                     _append(sums, self._fake_and_generator_losses(
                         trajectory[:, mb], cond[mb], group[mb], sample[mb], j, levels, draw, scale, nonfinite,
@@ -394,58 +362,47 @@ class TDMR1Module(L.LightningModule):
                             trajectory[:, mb], cond[mb], advantages[mb], group[mb], j_reward, levels, draw, group_sum, scale,
                             nonfinite,
                         ))
-            if self._any_process(bool(nonfinite)):
+            if self.stepper.any_process(bool(nonfinite)):
                 return self._skip_step(nonfinite or ["another process's"], opt_g, opt_c)
             updates_before = self.global_step  # the EMA decays count the updates made before this one (8.6)
-            metrics["grad_norm/critic"] = self._clip_and_step(opt_c)
-            metrics["grad_norm/generator"] = self._clip_and_step(opt_g)
+            metrics["grad_norm/critic"] = self.stepper.step(opt_c, counts_as_update=False)
+            metrics["grad_norm/generator"] = self.stepper.step(opt_g)
             self._update_emas(updates_before)
         self._nonfinite_in_a_row = 0
         metrics.update({k: torch.stack(v).mean() for k, v in sums.items()})
-        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=n)
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(prompts))
+
+    def _update_plans(self, n: int, step: int, levels: torch.Generator) -> list[list[tuple[slice, tuple[int, int], int, int]]]:
+        """For every update of the step, its ``(micro-batch, draw (step, d), generator boundary j, surrogate
+        boundary j')`` tuples, all drawn up front from ``levels`` (the same on every process)."""
+        hp = self.hparams
+        mbs = hp.micro_batch_size
+        micro_batches = [slice(i, i + mbs) for i in range(0, n, mbs)]
+        weights = torch.arange(1, hp.num_steps + 1, dtype=torch.float)
+        plans = [
+            [(mb, (step, d), j, int(torch.multinomial(weights, 1, generator=levels)))
+             for mb in micro_batches[u::hp.updates_per_step]
+             for d, j in enumerate(torch.randperm(hp.num_steps, generator=levels)[: hp.boundaries_per_batch].tolist())]
+            for u in range(hp.updates_per_step)
+        ]
+        return [plan for plan in plans if plan]
 
     @property
     def _surrogate_frozen(self) -> bool:
         after = self.hparams.freeze_surrogate_after
         return after is not None and self.global_step >= after
 
-    def _start_scoring(self, images: Tensor, prompts: list[str], metadata: list[dict]) -> Future:
-        """Score in the background (``overlap_rewards``) or now; the result is a Future either way,
-        of the rewards' outputs and the seconds scoring took."""
-        overlap = self.hparams.overlap_rewards
-        if overlap == "process":
-            if self._reward_pool is None:
-                self._reward_pool = ProcessPoolExecutor(
-                    max_workers=1, mp_context=multiprocessing.get_context("spawn"),  # CUDA cannot fork
-                    initializer=_start_reward_worker, initargs=(self._reward_entries, str(self.device), torch.get_num_threads()),
-                )
-            return self._reward_pool.submit(_score_in_worker, images.cpu(), prompts, metadata)
-        rewards = self.rewards.to(self.device)
-        if overlap is True or (overlap == "auto" and self.device.type == "cuda"):
-            if self._reward_pool is None:
-                self._reward_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tdmr1-reward")
-            if images.is_cuda:
-                # Without a stream of its own the reward engine's kernels would queue behind the
-                # training's on the shared default stream. It starts once the images are written.
-                stream = torch.cuda.Stream(device=images.device)
-                stream.wait_stream(torch.cuda.current_stream(images.device))
-                images.record_stream(stream)  # the allocator must not reuse them while it reads
-                scoring = self._reward_pool.submit(_on_stream, stream, _timed, rewards, images, prompts, metadata)
-                scoring.stream = stream  # _finish_scoring makes the training stream wait for it
-                return scoring
-            return self._reward_pool.submit(_timed, rewards, images, prompts, metadata)
-        done: Future = Future()
-        done.set_result(_timed(rewards, images, prompts, metadata))
-        return done
+    def _start_scoring(self, latents: Tensor, prompts: list[str], metadata: list[dict]) -> Future:
+        """Decode the rollout's final states and start scoring them (in the background with ``overlap_rewards``)."""
+        images = self.decode(latents)
+        every = self.hparams.log_images_every_n_steps
+        if every and self.global_step % every == 0:
+            log_image_grid(self, "train/rollouts", images)
+        return self.scorer.start(images, prompts, metadata)
 
     def _finish_scoring(self, scoring: Future, all_groups: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Advantages of the step's samples (collective across processes) and the reward metrics."""
-        start = time.perf_counter()
-        outputs, seconds = scoring.result()
-        waited = time.perf_counter() - start
-        stream = getattr(scoring, "stream", None)
-        if stream is not None:
-            torch.cuda.current_stream(stream.device).wait_stream(stream)
+        outputs, seconds, waited = self.scorer.finish(scoring)
         rewards, valid = (t.to(self.device) for t in WeightedRewards.weighted_sum(outputs))
         if self.hparams.reward_combination == "sum" or len(outputs) == 1:
             advantages = self._advantages(rewards, valid, all_groups)
@@ -558,18 +515,8 @@ class TDMR1Module(L.LightningModule):
         else:
             nonfinite.append(name)
 
-    def _no_grad_sync(self):
-        model = self.trainer.strategy.model if self._trainer is not None else None
-        return model.no_sync() if isinstance(model, DistributedDataParallel) else contextlib.nullcontext()
-
-    def _any_process(self, flag: bool) -> bool:
-        if self._trainer is None or self.trainer.world_size == 1:
-            return flag
-        return bool(self.trainer.strategy.reduce(torch.tensor(float(flag), device=self.device), reduce_op="sum") > 0)
-
     def _skip_step(self, names: list[str], *optimizers) -> None:
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
+        self.stepper.skip(*optimizers)
         self._nonfinite_in_a_row += 1
         message = (
             f"step {self.global_step}: non-finite {', '.join(sorted(set(names)))} loss "
@@ -578,27 +525,6 @@ class TDMR1Module(L.LightningModule):
         if self._nonfinite_in_a_row >= self.hparams.max_nonfinite_steps:
             raise NonFiniteLossError(f"{message}; stopping (model.max_nonfinite_steps={self.hparams.max_nonfinite_steps})")
         warnings.warn(f"{message}; skipping the step", RuntimeWarning)
-
-    def _average_gradients(self, params: list[Tensor]) -> None:
-        world = self.trainer.world_size if self._trainer is not None else 1
-        if world == 1 or not torch.distributed.is_initialized() or not params:
-            return
-        grads = [p.grad for p in params]
-        flat = _flatten_dense_tensors(grads)
-        torch.distributed.all_reduce(flat)
-        flat /= world
-        for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
-            g.copy_(synced)
-
-    def _clip_and_step(self, optimizer) -> Tensor:
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        self._average_gradients(params)
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.float()) for p in params])) if params else torch.zeros(())
-        if self.hparams.gradient_clip > 0:
-            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.gradient_clip, gradient_clip_algorithm="norm")
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return norm.detach()
 
     def _update_emas(self, n: int) -> None:
         """EMA updates after the ``n + 1``-th generator update (``n`` made before it)."""
@@ -641,31 +567,3 @@ class TDMR1Module(L.LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         return self.generate(batch["prompts"], GENERATOR_EMA, seed=self.hparams.noise_seed + batch_idx)
 
-
-def _timed(fn, *args):
-    """``fn(*args)`` and the seconds it took."""
-    start = time.perf_counter()
-    out = fn(*args)
-    return out, time.perf_counter() - start
-
-
-def _on_stream(stream: "torch.cuda.Stream", fn, *args):
-    """``fn(*args)`` with ``stream`` current in this (worker) thread."""
-    with torch.cuda.stream(stream):
-        return fn(*args)
-
-
-_worker_rewards: WeightedRewards | None = None
-"""The rewards of a reward worker process (``overlap_rewards: process``), built by its initializer."""
-
-
-def _start_reward_worker(entries: list[dict[str, Any]], device: str, threads: int) -> None:
-    global _worker_rewards
-    torch.set_num_threads(threads)
-    if device.startswith("cuda"):
-        torch.cuda.set_device(device)
-    _worker_rewards = _build_rewards(entries).to(device)
-
-
-def _score_in_worker(images: Tensor, prompts: list[str], metadata: list[dict]):
-    return _timed(_worker_rewards, images, prompts, metadata)

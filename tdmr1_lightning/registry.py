@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, distributions
 from typing import Any
 
-from .reward import Reward
+from .reward import Reward, WeightedRewards
 
 ENTRY_POINT_GROUP = "tdmr1.rewards"
 AUTOLOAD_ENV = "TDMR1_DISABLE_PLUGIN_AUTOLOAD"
@@ -158,6 +158,14 @@ class RewardSpec:
         except TypeError as err:
             raise RewardRegistryError(f"reward {self.label!r}: bad init_args {sorted(self.init_args)}: {err}") from None
         return cls(**self.init_args)
+
+
+def build_rewards(entries: list[dict[str, Any]] | None, where: str = "model.rewards") -> WeightedRewards | None:
+    """The weighted rewards of a config's list of reward entries (``None`` for none); ``where`` names the key in errors."""
+    if not entries:
+        return None
+    specs = [RewardSpec.from_config(e, f"{where}[{i}]") for i, e in enumerate(entries)]
+    return WeightedRewards([(spec.label, spec.build(), spec.weight) for spec in specs])
 
 
 def describe(entry: RewardEntry) -> str:

@@ -186,7 +186,7 @@ def test_scoring_in_the_background_changes_nothing(tmp_path, tiny_sd3_path):
         results[overlap] = _role_params(cli)
         metrics = cli.trainer.logged_metrics
         assert metrics["time/reward_s"] > 0 and metrics["time/reward_wait_s"] >= 0, overlap
-        assert cli.model._reward_pool is None  # the thread or worker process is shut down at the end
+        assert not cli.model.scorer.active  # the thread or worker process is shut down at the end
     for overlap in ("true", "process"):
         for role in results["false"]:
             assert all(torch.equal(a, b) for a, b in zip(results["false"][role], results[overlap][role])), (overlap, role)
