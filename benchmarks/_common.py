@@ -11,8 +11,8 @@ import platform
 import statistics
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -24,7 +24,9 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "configs" / "tiny.yaml"
 
-DEFAULT_TINY = dict(resolution=32, num_layers=2, attention_head_dim=16, num_attention_heads=2, text_dim=32, patch_size=2)
+DEFAULT_TINY = dict(
+    resolution=32, num_layers=2, attention_head_dim=16, num_attention_heads=2, text_dim=32, patch_size=2
+)
 """``build_tiny_sd3``'s defaults (what ``configs/tiny.yaml`` builds)."""
 
 BIG_TINY = dict(resolution=64, num_layers=4, attention_head_dim=32, num_attention_heads=4, text_dim=32, patch_size=2)

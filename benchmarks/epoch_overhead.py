@@ -39,15 +39,29 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
-    BIG_TINY, REPO, TINY_CONFIG, OtherLoad, build_pipeline, describe, machine, quiet, sync, table, timeit,
-)
-
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
+from _common import (  # noqa: E402
+    BIG_TINY,
+    REPO,
+    TINY_CONFIG,
+    OtherLoad,
+    build_pipeline,
+    describe,
+    machine,
+    quiet,
+    sync,
+    table,
+    timeit,
+)
 
 from tdmr1_lightning.backbones.base import (  # noqa: E402
-    FAKE, GENERATOR, SURROGATE, SURROGATE_OLD, SURROGATE_REF, TEACHER,
+    FAKE,
+    GENERATOR,
+    SURROGATE,
+    SURROGATE_OLD,
+    SURROGATE_REF,
+    TEACHER,
 )
 from tdmr1_lightning.cli import build_cli  # noqa: E402
 
@@ -141,18 +155,23 @@ class Components:
                 v.float().square().mean().backward()
                 for p in params:
                     p.grad = None
+
             return fwd_bwd
         return lambda: torch.no_grad()(bb.velocity)(role, xs[b], 0.6, conds[b])
 
     def measure(self, warmup: int) -> None:
         times = {}
-        for label, role, b, grad, _ in self.evals:
+        for _label, role, b, grad, _ in self.evals:
             times[(role, b, grad)], _ = timeit(self._fn(role, b, grad), repeats=self.repeats, warmup=warmup)
         times["encode"], _ = timeit(lambda: self.bb.encode_prompts(self.prompts), repeats=self.repeats, warmup=warmup)
         times["decode"], _ = timeit(lambda: self.module.decode(self.final), repeats=self.repeats, warmup=warmup)
-        times["reward"] = 0.0 if self.reward is None else timeit(
-            lambda: self.reward(self.images, self.prompts, self.metadata), repeats=self.repeats, warmup=warmup
-        )[0]
+        times["reward"] = (
+            0.0
+            if self.reward is None
+            else timeit(
+                lambda: self.reward(self.images, self.prompts, self.metadata), repeats=self.repeats, warmup=warmup
+            )[0]
+        )
         self.passes.append(times)
 
     def total(self, times: dict) -> float:
@@ -267,7 +286,11 @@ def main() -> None:
         mismatched = [i for i in timed_steps if recorder.calls[i] != expected]
         print(
             f"evaluation counts read off the loss code match the recorded backbone.velocity calls: {not mismatched}"
-            + ("" if not mismatched else f"\n  expected {dict(expected)}\n  recorded {dict(recorder.calls[mismatched[0]])}")
+            + (
+                ""
+                if not mismatched
+                else f"\n  expected {dict(expected)}\n  recorded {dict(recorder.calls[mismatched[0]])}"
+            )
         )
 
         # Each timed step is paired with the pass of evaluations measured right before it (after the
@@ -282,9 +305,13 @@ def main() -> None:
         for label, role, b, grad, count in comp.evals:
             t = med[(role, b, grad)]
             rows.append((label, role, b, count, f"{t * 1e3:.1f}", f"{t * count * 1e3:.1f}"))
-        rows.append(("prompt encoding (CLIP x2 + T5)", "-", n, 1, f"{med['encode'] * 1e3:.1f}", f"{med['encode'] * 1e3:.1f}"))
+        rows.append(
+            ("prompt encoding (CLIP x2 + T5)", "-", n, 1, f"{med['encode'] * 1e3:.1f}", f"{med['encode'] * 1e3:.1f}")
+        )
         chunks = -(-n // module.rollout_batch_size)
-        rows.append((f"VAE decode ({chunks} chunk(s))", "-", n, 1, f"{med['decode'] * 1e3:.1f}", f"{med['decode'] * 1e3:.1f}"))
+        rows.append(
+            (f"VAE decode ({chunks} chunk(s))", "-", n, 1, f"{med['decode'] * 1e3:.1f}", f"{med['decode'] * 1e3:.1f}")
+        )
         t_rew = med["reward"]
 
         # role switches (peft adapter switching in RoleTransformers.activate): overhead, in no sum
@@ -296,6 +323,7 @@ def main() -> None:
         def switch_all():
             for role in step_roles:
                 bb.roles.activate(role)
+
         t_sw, _ = timeit(switch_all, repeats=args.repeats)
 
         print()
@@ -303,19 +331,32 @@ def main() -> None:
         print()
         hpd = {k: hp[k] for k in ("num_steps", "micro_batch_size", "boundaries_per_batch", "trunc_steps")}
         print(f"step: {n} samples, rollout chunks of {module.rollout_batch_size}, {hpd}")
-        print(f"steps timed:            {', '.join(f'{t * 1e3:.0f}' for t in timer.times)} ms "
-              f"(first = warm-up{', profiled step excluded' if args.profile else ''}; fit total {fit_s:.1f} s)")
-        print(f"sum of evaluations:     {', '.join(f'{p[1] * 1e3:.0f}' for p in pairs)} ms (the pass before each timed step)")
+        print(
+            f"steps timed:            {', '.join(f'{t * 1e3:.0f}' for t in timer.times)} ms "
+            f"(first = warm-up{', profiled step excluded' if args.profile else ''}; fit total {fit_s:.1f} s)"
+        )
+        print(
+            f"sum of evaluations:     {', '.join(f'{p[1] * 1e3:.0f}' for p in pairs)} ms"
+            " (the pass before each timed step)"
+        )
         print(f"per-step ratios:        {', '.join(f'{r:.3f}' for r in ratios)}")
         print(f"sum of evaluations:     {total * 1e3:9.1f} ms  (median of the passes, the table above)")
         print(f"measured step (median): {step_s * 1e3:9.1f} ms")
-        print(f"overhead ratio:         {statistics.median(ratios):9.3f}   (median of the per-step ratios; target <= 1.25)")
+        print(
+            f"overhead ratio:         {statistics.median(ratios):9.3f}"
+            "   (median of the per-step ratios; target <= 1.25)"
+        )
         best_step, best_sum = min(timer.times[i] for i in timed_steps), min(comp.total(p) for p in comp.passes)
-        print(f"fastest step / fastest pass sum: {best_step * 1e3:.0f} / {best_sum * 1e3:.0f} ms = {best_step / best_sum:.3f}"
-              "   (less sensitive to other processes on a shared machine)")
+        print(
+            f"fastest step / fastest pass sum: {best_step * 1e3:.0f} / {best_sum * 1e3:.0f} ms"
+            f" = {best_step / best_sum:.3f}"
+            "   (less sensitive to other processes on a shared machine)"
+        )
         print(f"reward scoring:         {t_rew * 1e3:9.1f} ms  ({n} images; in neither sum)")
-        print(f"role switches ({switches} a step, RoleTransformers.activate alone): {t_sw * 1e3:.1f} ms "
-              f"({t_sw / step_s:.1%} of the step; not in the sum)")
+        print(
+            f"role switches ({switches} a step, RoleTransformers.activate alone): {t_sw * 1e3:.1f} ms "
+            f"({t_sw / step_s:.1%} of the step; not in the sum)"
+        )
         print(other.note())
 
         if timer.profiler is not None:
@@ -329,7 +370,7 @@ def main() -> None:
                 stats.sort_stats(key).print_stats(*restrict, args.top)
                 text = s.getvalue().replace(str(REPO) + "/", "").replace(str(Path(torch.__file__).parents[1]) + "/", "")
                 print(f"-- {title}")
-                print(text[text.find("   ncalls"):].rstrip() if "   ncalls" in text else text)
+                print(text[text.find("   ncalls") :].rstrip() if "   ncalls" in text else text)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import BIG_TINY, DEFAULT_TINY, build_pipeline, describe, machine, quiet, table  # noqa: E402
 
 from tdmr1_lightning.backbones.base import (  # noqa: E402
-    FAKE, GENERATOR, GENERATOR_EMA, SURROGATE, SURROGATE_OLD, unique_tensor_bytes,
+    FAKE,
+    GENERATOR,
+    GENERATOR_EMA,
+    SURROGATE,
+    SURROGATE_OLD,
+    unique_tensor_bytes,
 )
 from tdmr1_lightning.backbones.sd3 import SD3Backbone  # noqa: E402
 
@@ -55,19 +60,43 @@ def main() -> None:
             totals = {}
             for roles_as in ("lora", "full"):
                 backbone = SD3Backbone(
-                    str(model_dir), resolution=config["resolution"], roles_as=roles_as,
-                    lora_rank=args.lora_rank, lora_alpha=2.0 * args.lora_rank, max_sequence_length=64,
+                    str(model_dir),
+                    resolution=config["resolution"],
+                    roles_as=roles_as,
+                    lora_rank=args.lora_rank,
+                    lora_alpha=2.0 * args.lora_rank,
+                    max_sequence_length=64,
                 )
                 backbone.build(ROLES)
                 totals[roles_as] = unique_tensor_bytes(backbone.roles)
-                rows.append((name, roles_as, f"{base:,}", f"{totals[roles_as]:,}", f"{totals[roles_as] - base:,}",
-                             mib(totals[roles_as]), f"{totals[roles_as] / base:.2f}"))
+                rows.append(
+                    (
+                        name,
+                        roles_as,
+                        f"{base:,}",
+                        f"{totals[roles_as]:,}",
+                        f"{totals[roles_as] - base:,}",
+                        mib(totals[roles_as]),
+                        f"{totals[roles_as] / base:.2f}",
+                    )
+                )
                 del backbone
                 gc.collect()
-            ratios.append((name, describe(config), totals["full"] / totals["lora"],
-                           (totals["full"] - base) / max(totals["lora"] - base, 1)))
+            ratios.append(
+                (
+                    name,
+                    describe(config),
+                    totals["full"] / totals["lora"],
+                    (totals["full"] - base) / max(totals["lora"] - base, 1),
+                )
+            )
     print()
-    print(table(rows, ("model", "roles_as", "base bytes", "roles total bytes", "roles extra bytes", "roles MiB", "total / base")))
+    print(
+        table(
+            rows,
+            ("model", "roles_as", "base bytes", "roles total bytes", "roles extra bytes", "roles MiB", "total / base"),
+        )
+    )
     print()
     for name, desc, total_ratio, extra_ratio in ratios:
         print(f"{name} ({desc}): full/lora total {total_ratio:.2f}x, extra {extra_ratio:.1f}x")

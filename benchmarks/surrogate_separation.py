@@ -94,15 +94,21 @@ def main(argv: list[str] | None = None) -> int:
 
     def query(b: dict, j: int, s: float, noise_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         x_n = b["trajectory"][j + 1]
-        xi = torch.randn((int(b["group"].max()) + 1, *x_n.shape[1:]), generator=torch.Generator().manual_seed(noise_seed))[b["group"]]
+        xi = torch.randn(
+            (int(b["group"].max()) + 1, *x_n.shape[1:]), generator=torch.Generator().manual_seed(noise_seed)
+        )[b["group"]]
         return renoise(x_n, s_[j + 1], s, xi), losses.surrogate_target_velocity(x_n, xi, s_[j + 1], s)
 
     @torch.no_grad()
     def per_sample_loss(role: str, b: dict, x_s: torch.Tensor, s: float, target: torch.Tensor) -> torch.Tensor:
-        return torch.cat([
-            ((target[i : i + mbs] - bb.velocity(role, x_s[i : i + mbs], s, b["cond"][i : i + mbs])) ** 2).flatten(1).mean(1)
-            for i in range(0, len(x_s), mbs)
-        ])
+        return torch.cat(
+            [
+                ((target[i : i + mbs] - bb.velocity(role, x_s[i : i + mbs], s, b["cond"][i : i + mbs])) ** 2)
+                .flatten(1)
+                .mean(1)
+                for i in range(0, len(x_s), mbs)
+            ]
+        )
 
     gen = torch.Generator().manual_seed(10_000 + args.seed)
     probes = [(*level(gen), 20_000 + i) for i in range(8)]
@@ -119,10 +125,16 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     first = batch(records[: args.prompts], args.seed * 1000 + 1)
-    held = {"train": first, "same": batch(records[: args.prompts], args.seed * 1000 + 2),
-            "other": batch(records[args.prompts : 2 * args.prompts], args.seed * 1000 + 3)}
+    held = {
+        "train": first,
+        "same": batch(records[: args.prompts], args.seed * 1000 + 2),
+        "other": batch(records[args.prompts : 2 * args.prompts], args.seed * 1000 + 3),
+    }
     for name, b in held.items():
-        print(f"{name}: mean reward {float(b['rewards'].mean()):.3f}, positive advantages {float((b['adv'] > 0).float().mean()):.2f}")
+        print(
+            f"{name}: mean reward {float(b['rewards'].mean()):.3f}, "
+            f"positive advantages {float((b['adv'] > 0).float().mean()):.2f}"
+        )
     params = bb.roles.parameters_of(SURROGATE)
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), weight_decay=1e-4)
     train_gen = torch.Generator().manual_seed(30_000 + args.seed)
@@ -146,8 +158,17 @@ def main(argv: list[str] | None = None) -> int:
                 v_teacher = bb.velocity(TEACHER, x_s[sl], s, b["cond"][sl])
             v_surrogate = bb.velocity(SURROGATE, x_s[sl], s, b["cond"][sl])
             out = losses.surrogate_loss(
-                v_surrogate, v_teacher, v_surrogate.detach(), v_teacher, target[sl], b["adv"][sl], b["group"][sl],
-                hp.beta, clip_range=float("inf"), trust_threshold=float("inf"), lambda_kl=hp.lambda_kl,
+                v_surrogate,
+                v_teacher,
+                v_surrogate.detach(),
+                v_teacher,
+                target[sl],
+                b["adv"][sl],
+                b["group"][sl],
+                hp.beta,
+                clip_range=float("inf"),
+                trust_threshold=float("inf"),
+                lambda_kl=hp.lambda_kl,
                 step_weight=(j + 1) / K,
             )
             (out.loss / len(chunks)).backward()

@@ -38,7 +38,7 @@ TEACHER_CONFIG = ROOT / "configs" / "shapes" / "teacher.yaml"
 def build_encoders(directory: Path) -> list[str]:
     """``NAME=DIR`` of two tiny pipelines with the shapes teacher's tokenizers and random text encoders
     (its config's ``words`` and ``clip_max_length``, seed 0): T5 position bias as transformers
-    initialises it, and with std 5 (the sharp-bias setting of docs/shapes.md, "Text that binds")."""
+    initialises it, and with std 5 (the sharp-bias setting of docs/experiments/shapes.md, "Text that binds")."""
     import yaml
 
     from tdmr1_lightning.tiny import build_tiny_sd3
@@ -118,7 +118,9 @@ def probe_accuracy(x: torch.Tensor, y: torch.Tensor, seed: int, steps: int = 400
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "pipelines", nargs="*", metavar="[NAME=]DIR",
+        "pipelines",
+        nargs="*",
+        metavar="[NAME=]DIR",
         help="pipeline folders (default: the teacher's random encoders built twice, T5 bias default and std 5)",
     )
     parser.add_argument("--splits", type=int, default=10, help="random train/test splits a task (default: 10)")

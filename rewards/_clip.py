@@ -187,8 +187,16 @@ class ClipEncoder:
     def preprocess(self, images: Tensor | Sequence[Tensor]) -> Tensor:
         """``uint8`` images to the model's normalised input, on :attr:`device`."""
         return preprocess_images(
-            images, self.size, self.mean, self.std, self.interpolation, self.resize_mode, self.fill,
-            self.device, self.dtype, self.resize_short,
+            images,
+            self.size,
+            self.mean,
+            self.std,
+            self.interpolation,
+            self.resize_mode,
+            self.fill,
+            self.device,
+            self.dtype,
+            self.resize_short,
         )
 
     @torch.no_grad()
@@ -236,7 +244,7 @@ def _as_tensor(out: Any) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------- cache
-_CACHE: "weakref.WeakValueDictionary[tuple, ClipEncoder]" = weakref.WeakValueDictionary()
+_CACHE: weakref.WeakValueDictionary[tuple, ClipEncoder] = weakref.WeakValueDictionary()
 _LOCK = threading.RLock()
 _LOADS = {"count": 0}  # number of real loads (the tests check that sharing works)
 
@@ -328,7 +336,9 @@ def load_open_clip(
     return _cached(key, lambda: _load_open_clip(model, pretrained, device, precision, dtype))
 
 
-def _load_open_clip(model: ModelSpec, pretrained: str | None, device: torch.device, precision: str, dtype: torch.dtype) -> ClipEncoder:
+def _load_open_clip(
+    model: ModelSpec, pretrained: str | None, device: torch.device, precision: str, dtype: torch.dtype
+) -> ClipEncoder:
     try:
         import open_clip
     except ImportError as err:  # pragma: no cover - the rewards extra is missing
@@ -341,7 +351,10 @@ def _load_open_clip(model: ModelSpec, pretrained: str | None, device: torch.devi
             open_clip.model.convert_weights_to_lp(net, dtype=dtype)
     else:
         net = open_clip.create_model(
-            model, pretrained=pretrained, device=device, precision=precision,
+            model,
+            pretrained=pretrained,
+            device=device,
+            precision=precision,
             force_quick_gelu=needs_quick_gelu(model, pretrained),
         )
         tokenizer = open_clip.get_tokenizer(model)
@@ -398,8 +411,15 @@ def _open_clip_from_config(
                 f"with an open_clip config dict, `pretrained` must be a checkpoint file; {pretrained!r} is not a file"
             )
         open_clip.load_checkpoint(net, pretrained, strict=True, weights_only=True)
-    pp = {"size": net.visual.image_size, "mean": OPENAI_MEAN, "std": OPENAI_STD, "interpolation": "bicubic",
-          "resize_mode": "shortest", "fill_color": 0, "mode": "RGB"}
+    pp = {
+        "size": net.visual.image_size,
+        "mean": OPENAI_MEAN,
+        "std": OPENAI_STD,
+        "interpolation": "bicubic",
+        "resize_mode": "shortest",
+        "fill_color": 0,
+        "mode": "RGB",
+    }
     pp.update(preprocess)
     open_clip.set_model_preprocess_cfg(net, pp)
     text_cfg = cfg["text_cfg"]
@@ -429,8 +449,13 @@ def load_hf_clip(
     device = resolve_device(device)
     precision, dtype = _precision(precision, device)
     processor = processor or model
-    key = ("transformers", os.path.abspath(model) if os.path.isdir(model) else model,
-           os.path.abspath(processor) if os.path.isdir(processor) else processor, str(device), precision)
+    key = (
+        "transformers",
+        os.path.abspath(model) if os.path.isdir(model) else model,
+        os.path.abspath(processor) if os.path.isdir(processor) else processor,
+        str(device),
+        precision,
+    )
     return _cached(key, lambda: _load_hf_clip(model, processor, device, dtype))
 
 
@@ -453,7 +478,9 @@ def hf_image_settings(image_processor: Any) -> dict[str, Any]:
         out_size = (int(_field(crop, "height")), int(_field(crop, "width")))
         mode, resize_short = "shortest", int(shortest)
     elif shortest is not None:
-        raise ValueError("unsupported image processor: a shortest_edge resize without a centre crop gives images of varying sizes")
+        raise ValueError(
+            "unsupported image processor: a shortest_edge resize without a centre crop gives images of varying sizes"
+        )
     elif _field(size, "height") is not None:
         out_size = (int(_field(size, "height")), int(_field(size, "width")))
         mode = "squash"

@@ -40,15 +40,86 @@ COLOR_TEMPLATES: tuple[str, ...] = (
 """GenEval's zero-shot colour templates; their normalised text embeddings are averaged per colour."""
 
 COCO_CLASSES: tuple[str, ...] = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
-    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "computer mouse", "tv remote",
-    "computer keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book",
-    "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "backpack",
+    "umbrella",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    "dining table",
+    "toilet",
+    "tv",
+    "laptop",
+    "computer mouse",
+    "tv remote",
+    "computer keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
+    "toothbrush",
 )
 """The 80 COCO classes under GenEval's names, in COCO's category order."""
 
@@ -155,7 +226,10 @@ def masked_crop(image: Tensor, detection: Detection, background: str | tuple[int
 
 
 def boxes_from_masks(masks: Tensor) -> Tensor:
-    """``(K, 4)`` float boxes ``(x0, y0, x1, y1)`` (exclusive ends) enclosing ``bool (K, H, W)`` masks; zeros if empty."""
+    """``(K, 4)`` float boxes ``(x0, y0, x1, y1)`` (exclusive ends) enclosing ``bool (K, H, W)`` masks.
+
+    Zeros if empty.
+    """
     k, height, width = masks.shape
     boxes = torch.zeros(k, 4, dtype=torch.float32, device=masks.device)
     if k == 0:
@@ -240,7 +314,7 @@ class Mask2FormerDetector:
         self.model = Mask2FormerForUniversalSegmentation.from_pretrained(self.model_name).to(self.device).eval()
         self._classes = self._labels(self.model.config)
 
-    def to(self, device: str | torch.device) -> "Mask2FormerDetector":
+    def to(self, device: str | torch.device) -> Mask2FormerDetector:
         self.device = torch.device(device)
         if self.model is not None:
             self.model.to(self.device)
@@ -283,7 +357,12 @@ class Mask2FormerDetector:
         return results
 
     def _postprocess(
-        self, class_logits: Tensor, mask_logits: Tensor, padded: tuple[int, int], valid: tuple[int, int], size: tuple[int, int]
+        self,
+        class_logits: Tensor,
+        mask_logits: Tensor,
+        padded: tuple[int, int],
+        valid: tuple[int, int],
+        size: tuple[int, int],
     ) -> list[Detection]:
         probs = class_logits.softmax(-1)[:, :-1]  # (Q, C): drop "no object"
         num_classes = probs.shape[1]
@@ -363,13 +442,15 @@ class CLIPColorClassifier:
         from ._clip import needs_quick_gelu
 
         model, _, preprocess = open_clip.create_model_and_transforms(
-            self.model_name, pretrained=self.pretrained, device=self.device,
+            self.model_name,
+            pretrained=self.pretrained,
+            device=self.device,
             force_quick_gelu=needs_quick_gelu(self.model_name, self.pretrained),
         )
         self.model, self.preprocess = model.eval(), preprocess
         self.tokenizer = open_clip.get_tokenizer(self.model_name)
 
-    def to(self, device: str | torch.device) -> "CLIPColorClassifier":
+    def to(self, device: str | torch.device) -> CLIPColorClassifier:
         self.device = torch.device(device)
         if self.model is not None:
             self.model.to(self.device)
@@ -416,17 +497,36 @@ def build_tiny_mask2former(folder: str | Path, labels: dict[int, str] | None = N
     For tests and offline smoke runs (``Mask2FormerDetector(str(folder))``); its detections are noise.
     ``labels`` defaults to ``{0: "dog", 1: "cat", 2: "mouse"}`` (COCO's ``mouse``: GenEval's ``computer mouse``).
     """
-    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, Mask2FormerImageProcessor, SwinConfig
+    from transformers import (
+        Mask2FormerConfig,
+        Mask2FormerForUniversalSegmentation,
+        Mask2FormerImageProcessor,
+        SwinConfig,
+    )
 
     labels = labels or {0: "dog", 1: "cat", 2: "mouse"}
     backbone = SwinConfig(
-        image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=2,
+        image_size=64,
+        patch_size=4,
+        embed_dim=16,
+        depths=[1, 1, 1, 1],
+        num_heads=[1, 1, 2, 2],
+        window_size=2,
         out_features=["stage1", "stage2", "stage3", "stage4"],
     )
     config = Mask2FormerConfig(
-        backbone_config=backbone, feature_size=32, mask_feature_size=32, hidden_dim=32, encoder_feedforward_dim=32,
-        encoder_layers=1, decoder_layers=2, num_attention_heads=2, dim_feedforward=32, num_queries=5,
-        id2label=dict(labels), label2id={v: k for k, v in labels.items()},
+        backbone_config=backbone,
+        feature_size=32,
+        mask_feature_size=32,
+        hidden_dim=32,
+        encoder_feedforward_dim=32,
+        encoder_layers=1,
+        decoder_layers=2,
+        num_attention_heads=2,
+        dim_feedforward=32,
+        num_queries=5,
+        id2label=dict(labels),
+        label2id={v: k for k, v in labels.items()},
     )
     folder = Path(folder)
     with torch.random.fork_rng(devices=[]):

@@ -59,6 +59,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from tdmr1_lightning.evaluation.stats import mean_over_tags
 from tdmr1_lightning.reward import Reward, RewardOutput
 
 from .detectors import (
@@ -141,7 +142,11 @@ def evaluate(
     the benchmark's strict verdict, the training score, why the strict check failed, and the soft terms.
     """
     objects = select_objects(
-        detections, metadata.get("tag"), threshold=threshold, counting_threshold=counting_threshold, max_objects=max_objects
+        detections,
+        metadata.get("tag"),
+        threshold=threshold,
+        counting_threshold=counting_threshold,
+        max_objects=max_objects,
     )
     correct = True
     reasons: list[str] = []
@@ -172,8 +177,10 @@ def evaluate(
         if "position" in req:
             relation, target = req["position"][0], int(req["position"][1])
             targets = found_of[target]
-            holds = bool(found) and bool(targets) and all(
-                relation in relative_position(a.box, b.box, position_threshold) for a in found for b in targets
+            holds = (
+                bool(found)
+                and bool(targets)
+                and all(relation in relative_position(a.box, b.box, position_threshold) for a in found for b in targets)
             )
             terms.append((f"include[{j}] position", 1.0 if holds else 0.0))
             if matched:
@@ -211,20 +218,7 @@ def geneval_table(tags: Sequence[str], correct: Sequence[bool] | Tensor) -> dict
     Returns ``{"overall": float, "per_tag": {tag: accuracy}, "num_images": {tag: int}}``; ``overall``
     is the unweighted mean over tags of each tag's fraction of correct images (tags in first-seen order).
     """
-    flags = [bool(c) for c in (correct.tolist() if isinstance(correct, Tensor) else correct)]
-    if len(tags) != len(flags):
-        raise ValueError(f"geneval_table: {len(tags)} tags but {len(flags)} results")
-    if not flags:
-        raise ValueError("geneval_table: no results")
-    hits: dict[str, list[int]] = {}
-    for tag, ok in zip(tags, flags):
-        hits.setdefault(tag, []).append(int(ok))
-    per_tag = {tag: sum(v) / len(v) for tag, v in hits.items()}
-    return {
-        "overall": sum(per_tag.values()) / len(per_tag),
-        "per_tag": per_tag,
-        "num_images": {tag: len(v) for tag, v in hits.items()},
-    }
+    return mean_over_tags(tags, correct.tolist() if isinstance(correct, Tensor) else correct)
 
 
 # ------------------------------------------------------------------------------------------ metadata
@@ -342,7 +336,8 @@ class GenEvalReward(Reward):
             raise TypeError(f"detector must have a detect(images) method, got {type(detector).__name__}")
         if color_classifier is not None and not callable(getattr(color_classifier, "classify", None)):
             raise TypeError(
-                f"color_classifier must have a classify(crops, object_names) method, got {type(color_classifier).__name__}"
+                "color_classifier must have a classify(crops, object_names) method, "
+                f"got {type(color_classifier).__name__}"
             )
         self.detector = detector
         self.color_classifier = color_classifier
@@ -355,7 +350,7 @@ class GenEvalReward(Reward):
         if callable(getattr(self.detector, "load", None)):
             self.detector.load()
 
-    def to(self, device: str | torch.device) -> "GenEvalReward":
+    def to(self, device: str | torch.device) -> GenEvalReward:
         super().to(device)
         self._place(self.detector)
         if self.color_classifier is not None:
@@ -412,7 +407,9 @@ class GenEvalReward(Reward):
         crops = [masked_crop(images[i], wanted[(i, d)]) for i, d in keys]
         colors = self._classifier().classify(crops, [wanted[k].label for k in keys])
         if len(colors) != len(keys) or any(c not in COLORS for c in colors):
-            raise ValueError(f"colour classifier returned {colors!r} for {len(keys)} crops; expected one of {COLORS} each")
+            raise ValueError(
+                f"colour classifier returned {colors!r} for {len(keys)} crops; expected one of {COLORS} each"
+            )
         by_key = dict(zip(keys, colors))
         return [
             [replace(d, color=by_key[(i, id(d))]) if (i, id(d)) in by_key else d for d in dets]

@@ -188,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output .jsonl file")
     parser.add_argument("--n", type=int, default=500, help="number of prompts (default: 500)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--tags", nargs="+", choices=TAGS, default=list(TAGS), help="tags to generate (default: all six)")
+    parser.add_argument(
+        "--tags", nargs="+", choices=TAGS, default=list(TAGS), help="tags to generate (default: all six)"
+    )
     parser.add_argument("--max-count", type=int, default=4, help="largest count of counting prompts (default: 4)")
     parser.add_argument("--exclude", metavar="FILE", help="a prompt file whose prompts are not drawn (a held-out set)")
     args = parser.parse_args(argv)

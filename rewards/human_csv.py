@@ -144,7 +144,9 @@ def read_labels(path: str | Path, target: Literal["label", "score"] | None = Non
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None)
     if not header or not any(h.strip() for h in header):
-        raise HumanCSVError(path, [(None, "empty file: no header row (expected columns prompt, image, label or score)")])
+        raise HumanCSVError(
+            path, [(None, "empty file: no header row (expected columns prompt, image, label or score)")]
+        )
     columns = {h.strip().lower(): i for i, h in reversed(list(enumerate(header)))}
     if target not in (None, "label", "score"):
         raise ValueError(f"target must be 'label', 'score' or None, got {target!r}")
@@ -152,9 +154,20 @@ def read_labels(path: str | Path, target: Literal["label", "score"] | None = Non
         target = "label" if "label" in columns or "score" not in columns else "score"
     missing = [c for c in ("prompt", "image", target) if c not in columns]
     if missing:
-        want = "prompt, image and label (or score)" if target == "label" and "score" not in columns else f"prompt, image and {target}"
+        want = (
+            "prompt, image and label (or score)"
+            if target == "label" and "score" not in columns
+            else f"prompt, image and {target}"
+        )
         raise HumanCSVError(
-            path, [(None, f"missing column(s) {', '.join(missing)}; found {', '.join(h.strip() for h in header)}; need {want}")]
+            path,
+            [
+                (
+                    None,
+                    f"missing column(s) {', '.join(missing)}; "
+                    f"found {', '.join(h.strip() for h in header)}; need {want}",
+                )
+            ],
         )
 
     base = path.parent
@@ -194,7 +207,11 @@ def read_labels(path: str | Path, target: Literal["label", "score"] | None = Non
     if rows and not problems:
         targets = {r.target for r in rows}
         if len(targets) < 2:
-            what = ("all labels are likes" if 1.0 in targets else "all labels are dislikes") if target == "label" else "all scores are equal"
+            what = (
+                ("all labels are likes" if 1.0 in targets else "all labels are dislikes")
+                if target == "label"
+                else "all scores are equal"
+            )
             problems.append((None, f"{what}: nothing to learn from {len(rows)} row(s); the file needs both kinds"))
     if problems:
         raise HumanCSVError(path, problems)
@@ -274,8 +291,15 @@ def fit_head(x: Tensor, y: Tensor, logistic: bool, l2: float, steps: int) -> Lin
         with torch.no_grad():
             p = y.mean().clamp(1e-3, 1 - 1e-3)
             b.fill_(math.log(p / (1 - p)))
-        opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=steps, tolerance_grad=1e-10, tolerance_change=1e-14,
-                                history_size=20, line_search_fn="strong_wolfe")
+        opt = torch.optim.LBFGS(
+            [w, b],
+            lr=1.0,
+            max_iter=steps,
+            tolerance_grad=1e-10,
+            tolerance_change=1e-14,
+            history_size=20,
+            line_search_fn="strong_wolfe",
+        )
 
         def closure() -> Tensor:
             opt.zero_grad()

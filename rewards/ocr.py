@@ -217,7 +217,7 @@ class OCRReward(Reward):
                     setattr(reader, attr, module.module.to(device))
         self.reader = reader
 
-    def to(self, device: str | torch.device) -> "OCRReward":
+    def to(self, device: str | torch.device) -> OCRReward:
         """Use ``device``; a reader already loaded elsewhere is dropped and rebuilt on the next call."""
         before = self._engine_device() if self.reader is not None else None
         super().to(device)

@@ -259,12 +259,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m tdmr1_rewards.ocr_prompts",
         description="Write OCR prompts with their target text in double quotes (deterministic from the seed).",
     )
-    parser.add_argument("--out", required=True, help="output file: .jsonl gives {prompt, text} lines, else one prompt a line")
+    parser.add_argument(
+        "--out", required=True, help="output file: .jsonl gives {prompt, text} lines, else one prompt a line"
+    )
     parser.add_argument("--n", type=int, default=1000, help="number of prompts (default: 1000)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--max-words", type=int, default=3, help="most words in a target text (default: 3)")
-    parser.add_argument("--format", choices=("auto", "jsonl", "txt"), default="auto", help="file format (default: from the name)")
-    parser.add_argument("--exclude", metavar="FILE", help="an OCR prompt file whose target texts are not drawn (a held-out set)")
+    parser.add_argument(
+        "--format", choices=("auto", "jsonl", "txt"), default="auto", help="file format (default: from the name)"
+    )
+    parser.add_argument(
+        "--exclude", metavar="FILE", help="an OCR prompt file whose target texts are not drawn (a held-out set)"
+    )
     args = parser.parse_args(argv)
     try:
         exclude = [r["text"] for r in load_ocr_prompts(args.exclude)] if args.exclude else []

@@ -125,7 +125,10 @@ def ship_pipeline(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "
 
 
 def ship_lora(
-    checkpoint: str | os.PathLike, dst: str | os.PathLike, dtype: str = "float16", role: str = "generator",
+    checkpoint: str | os.PathLike,
+    dst: str | os.PathLike,
+    dtype: str = "float16",
+    role: str = "generator",
     lora_alpha: float | None = None,
 ) -> Path:
     """Write ``role``'s LoRA of ``checkpoint`` (a run's ``.ckpt``: for the generator its EMA; or any LoRA

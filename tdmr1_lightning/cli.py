@@ -1,8 +1,8 @@
 """The ``tdmr1`` command: Lightning's CLI over :class:`TDMR1Module` and :class:`PromptDataModule`.
 
 ``tdmr1 fit --config configs/sd35_ocr.yaml`` trains; ``tdmr1 fit --help`` lists every argument with
-the help taken from the docstrings; ``--print_config`` shows the resolved configuration; ``tdmr1 rewards list`` shows the
-installed rewards; ``tdmr1 evaluate`` scores a prompt set through a checkpoint (see ``evaluate.py``).
+the help taken from the docstrings; ``--print_config`` shows the resolved configuration; ``tdmr1 rewards list``
+shows the installed rewards; ``tdmr1 evaluate`` scores a prompt set through a checkpoint (see ``evaluation/``).
 """
 
 from __future__ import annotations
@@ -34,10 +34,12 @@ class TDMR1CLI(LightningCLI):
         resolve_existing(self.config)
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.set_defaults({
-            "model": {"class_path": f"{TDMR1Module.__module__}.{TDMR1Module.__name__}"},
-            "data": {"class_path": f"{PromptDataModule.__module__}.{PromptDataModule.__name__}"},
-        })
+        parser.set_defaults(
+            {
+                "model": {"class_path": f"{TDMR1Module.__module__}.{TDMR1Module.__name__}"},
+                "data": {"class_path": f"{PromptDataModule.__module__}.{PromptDataModule.__name__}"},
+            }
+        )
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> TDMR1CLI:
@@ -72,7 +74,7 @@ def main(args: list[str] | None = None) -> int | None:
     if argv[:1] == ["rewards"]:
         return rewards_command(argv[1:])
     if argv[:1] == ["evaluate"]:
-        from .evaluate import main as evaluate_main
+        from .evaluation import main as evaluate_main
 
         return evaluate_main(argv[1:])
     # From the console script, LightningCLI reads sys.argv itself; passing it again as ``args`` makes it warn.

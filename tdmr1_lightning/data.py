@@ -372,14 +372,17 @@ class PromptDataModule(lightning.LightningDataModule):
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
         self.save_hyperparameters()
-        self.hparams.shuffle_seed = shuffle_seed = run_seed(shuffle_seed)  # recorded resolved (the CLI saves its config's null)
+        self.hparams.shuffle_seed = shuffle_seed = run_seed(
+            shuffle_seed
+        )  # recorded resolved (the CLI saves its config's null)
         self.train_prompts = train_prompts
         self.val_prompts = val_prompts
         self.prompts_per_step = prompts_per_step
         self.group_size = group_size
         if group_size % processes_per_group:
             raise ValueError(
-                f"data.group_size={group_size} does not split into data.processes_per_group={processes_per_group} equal shares"
+                f"data.group_size={group_size} does not split into "
+                f"data.processes_per_group={processes_per_group} equal shares"
             )
         self.processes_per_group = processes_per_group
         self.val_batch_size = val_batch_size
@@ -406,7 +409,8 @@ class PromptDataModule(lightning.LightningDataModule):
         if self.prompts_per_step % (world_size // q) != 0:
             raise ValueError(
                 f"prompts_per_step={self.prompts_per_step} must be divisible by the world size "
-                f"({world_size}) / data.processes_per_group ({q}) so every process gets the same number of prompts per step"
+                f"({world_size}) / data.processes_per_group ({q}) "
+                "so every process gets the same number of prompts per step"
             )
         self.world_size, self.rank = world_size, rank
 
@@ -442,11 +446,17 @@ class PromptDataModule(lightning.LightningDataModule):
             seed=self.shuffle_seed,
         )
         collate = functools.partial(
-            collate_groups, group_size=self.group_size, shares=q, share=share,
+            collate_groups,
+            group_size=self.group_size,
+            shares=q,
+            share=share,
             first_group=process_set * self.prompts_per_step_local,
         )
         return ResumableLoader(
-            sampler.dataset, batch_size=self.prompts_per_step_local, sampler=sampler, collate_fn=collate,
+            sampler.dataset,
+            batch_size=self.prompts_per_step_local,
+            sampler=sampler,
+            collate_fn=collate,
             num_workers=self.num_workers,
         )
 

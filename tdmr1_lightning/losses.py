@@ -6,8 +6,8 @@ tested on small tensors. Shapes: a batch is ``(N, ...)``; per-sample quantities 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -272,4 +272,6 @@ def generator_loss(
         wr = _per_sample_mean((x - phi).abs()).clamp_min(norm_eps)
     guidance = cfg_weight * guidance
     reward = reward_weight * (shifted_mse(x, phi - surrogate_base.float()) / wr).mean()
-    return GeneratorLossOutput(loss=guidance + reward + kl, guidance=guidance.detach(), reward=reward.detach(), kl=kl.detach())
+    return GeneratorLossOutput(
+        loss=guidance + reward + kl, guidance=guidance.detach(), reward=reward.detach(), kl=kl.detach()
+    )

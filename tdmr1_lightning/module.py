@@ -38,12 +38,15 @@ from .registry import build_rewards
 from .reward import WeightedRewards
 from .sampler import sample_trajectory
 from .schedule import (
-    check_schedule, euler_step, renoise, sample_query_level, step_boundaries,
+    check_schedule,
+    euler_step,
+    renoise,
+    sample_query_level,
+    step_boundaries,
     x0_from_velocity,
 )
 from .scoring import RewardScorer
 from .stepping import ManualStepper
-
 
 _SURROGATE_BETAS = {"betas": [0.9, 0.999]}
 
@@ -175,21 +178,28 @@ class TDMR1Module(L.LightningModule):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value}")
         for name, value in (
-            ("micro_batch_size", micro_batch_size), ("updates_per_step", updates_per_step),
+            ("micro_batch_size", micro_batch_size),
+            ("updates_per_step", updates_per_step),
             ("max_nonfinite_steps", max_nonfinite_steps),
         ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if not 1 <= boundaries_per_batch <= num_steps:
-            raise ValueError(f"boundaries_per_batch (M) must be in [1, num_steps={num_steps}], got {boundaries_per_batch}")
-        self.save_hyperparameters(ignore=["backbone", "rewards", "eval_rewards", "generator_optimizer", "critic_optimizer"])
+            raise ValueError(
+                f"boundaries_per_batch (M) must be in [1, num_steps={num_steps}], got {boundaries_per_batch}"
+            )
+        self.save_hyperparameters(
+            ignore=["backbone", "rewards", "eval_rewards", "generator_optimizer", "critic_optimizer"]
+        )
         self.hparams.noise_seed = run_seed(noise_seed)  # recorded resolved (the CLI saves its config's null)
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold the roles only, not the frozen base
         self.backbone = backbone
         self.rewards = build_rewards(rewards)
         self.scorer = RewardScorer(self.rewards, rewards, overlap_rewards) if self.rewards is not None else None
-        self.eval_rewards = build_rewards(eval_rewards, "model.eval_rewards") if eval_rewards is not None else self.rewards
+        self.eval_rewards = (
+            build_rewards(eval_rewards, "model.eval_rewards") if eval_rewards is not None else self.rewards
+        )
         self.generator_optimizer = generator_optimizer
         self.critic_optimizer = critic_optimizer
         self.fake_param_group = dict(fake_param_group or {})
@@ -221,8 +231,12 @@ class TDMR1Module(L.LightningModule):
             # in their micro-batch of the same index: the group sums S_g are then complete across processes.
             share = getattr(datamodule, "samples_per_group_local", group_size)
             if mbs % share:
-                held = (f"whole groups of data.group_size={group_size}" if share == group_size else
-                        f"whole shares of a group ({share} samples: data.group_size={group_size} / data.processes_per_group)")
+                held = (
+                    f"whole groups of data.group_size={group_size}"
+                    if share == group_size
+                    else f"whole shares of a group ({share} samples: "
+                    f"data.group_size={group_size} / data.processes_per_group)"
+                )
                 raise ValueError(f"model.micro_batch_size={mbs} does not hold {held}: use a multiple of {share}")
             local = getattr(datamodule, "samples_per_step_local", None)
             if local is not None and local % mbs:
@@ -231,8 +245,10 @@ class TDMR1Module(L.LightningModule):
                     f"do not split into micro-batches of model.micro_batch_size={mbs}"
                 )
         # Rewards refuse prompts they cannot score (an OCR prompt without target text, ...) now, not mid-run.
-        for rewards, records in ((self.rewards, getattr(datamodule, "train_records", None)),
-                                 (self.eval_rewards, getattr(datamodule, "val_records", None))):
+        for rewards, records in (
+            (self.rewards, getattr(datamodule, "train_records", None)),
+            (self.eval_rewards, getattr(datamodule, "val_records", None)),
+        ):
             if rewards is not None and records:
                 rewards.validate(*split_records(records)[:2])
 
@@ -257,11 +273,16 @@ class TDMR1Module(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         prefix = "backbone."
         checkpoint["state_dict"] = {
-            k: v for k, v in checkpoint["state_dict"].items()
-            if not k.startswith(prefix) or self.backbone.is_role_state(k[len(prefix):])
+            k: v
+            for k, v in checkpoint["state_dict"].items()
+            if not k.startswith(prefix) or self.backbone.is_role_state(k[len(prefix) :])
         }
         roles = self.backbone.roles  # what a LoRA file must state to be loaded back (backbones/lora_files.py)
-        checkpoint[CHECKPOINT_LORA_KEY] = {"rank": roles.lora_rank, "alpha": roles.lora_alpha, "roles_as": roles.roles_as}
+        checkpoint[CHECKPOINT_LORA_KEY] = {
+            "rank": roles.lora_rank,
+            "alpha": roles.lora_alpha,
+            "roles_as": roles.roles_as,
+        }
 
     # ------------------------------------------------------------------------------------------
     # Sampling
@@ -271,6 +292,7 @@ class TDMR1Module(L.LightningModule):
         """Standard normal noise ``(len(keys), *shape)``, row ``i`` drawn from its own stream keyed by
         ``(noise_seed, *key, keys[i])``: a sample (or a group) gets the same noise on whichever process
         holds it, so an update does not depend on how samples are split between processes."""
+
         def draw(k: int) -> Tensor:
             generator = keyed_generator(self.hparams.noise_seed, *key, k, device=self.device)
             return torch.randn(shape, generator=generator, device=self.device)
@@ -280,7 +302,11 @@ class TDMR1Module(L.LightningModule):
 
     @torch.no_grad()
     def rollout(
-        self, cond: Condition, role: str = GENERATOR, generator: torch.Generator | None = None, noise: Tensor | None = None
+        self,
+        cond: Condition,
+        role: str = GENERATOR,
+        generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
     ) -> Tensor:
         """K-step trajectories ``(K + 1, N, C, h, w)`` of ``role`` for the conditions ``cond``, from ``noise``
         (default: drawn from ``generator``)."""
@@ -290,9 +316,13 @@ class TDMR1Module(L.LightningModule):
         chunks = []
         for start in range(0, n, self.rollout_batch_size):
             sl = slice(start, start + self.rollout_batch_size)
-            c = cond[sl]
-            chunks.append(sample_trajectory(lambda x, s: self.backbone.velocity(role, x, s, c), noise[sl], self.boundaries))
+            chunks.append(
+                sample_trajectory(functools.partial(self._velocity, role, cond[sl]), noise[sl], self.boundaries)
+            )
         return torch.cat(chunks, dim=1)
+
+    def _velocity(self, role: str, cond: Condition, x: Tensor, s: float) -> Tensor:
+        return self.backbone.velocity(role, x, s, cond)
 
     @torch.no_grad()
     def generate(self, prompts: list[str], role: str = GENERATOR_EMA, seed: int = 0) -> Tensor:
@@ -303,7 +333,12 @@ class TDMR1Module(L.LightningModule):
         return self.decode(trajectory[-1])
 
     def decode(self, latents: Tensor) -> Tensor:
-        return torch.cat([self.backbone.decode(latents[i : i + self.rollout_batch_size]) for i in range(0, len(latents), self.rollout_batch_size)])
+        return torch.cat(
+            [
+                self.backbone.decode(latents[i : i + self.rollout_batch_size])
+                for i in range(0, len(latents), self.rollout_batch_size)
+            ]
+        )
 
     # ------------------------------------------------------------------------------------------
     # Training
@@ -315,7 +350,9 @@ class TDMR1Module(L.LightningModule):
         hp = self.hparams
         all_rewards, all_valid = (self.all_gather(t).reshape(-1) for t in (rewards, valid))
         std = losses.reward_std(all_rewards, all_valid) if hp.advantage_std == "global" else None
-        advantages = losses.group_advantages(all_rewards, all_valid, all_groups, std, hp.advantage_clip, binarize=hp.binarize_advantages)
+        advantages = losses.group_advantages(
+            all_rewards, all_valid, all_groups, std, hp.advantage_clip, binarize=hp.binarize_advantages
+        )
         return advantages.reshape(-1, len(rewards))[self.global_rank]
 
     def _group_sum(self, values: Tensor, group_index: Tensor, num_groups: int) -> Tensor:
@@ -336,7 +373,9 @@ class TDMR1Module(L.LightningModule):
         group_sum = functools.partial(self._group_sum, num_groups=int(all_groups.max()) + 1)
 
         cond = self.backbone.encode_prompts(prompts)
-        trajectory = self.rollout(cond, GENERATOR, noise=self.keyed_noise(self.backbone.latent_shape, sample, step, _ROLLOUT))
+        trajectory = self.rollout(
+            cond, GENERATOR, noise=self.keyed_noise(self.backbone.latent_shape, sample, step, _ROLLOUT)
+        )
         scoring = self._start_scoring(trajectory[-1], prompts, metadata) if self.rewards is not None else None
         advantages = torch.zeros(len(prompts), device=self.device)
         levels = keyed_generator(hp.noise_seed, step, -1)  # same on every process
@@ -349,19 +388,41 @@ class TDMR1Module(L.LightningModule):
                 # No parameter changes within an update: the fake and generator losses run first, while
                 # the rewards are still being scored, and the surrogate's, which needs the advantages, after.
                 for mb, draw, j, _ in plan:
-                    _append(sums, self._fake_and_generator_losses(
-                        trajectory[:, mb], cond[mb], group[mb], sample[mb], j, levels, draw, scale, nonfinite,
-                    ))
+                    _append(
+                        sums,
+                        self._fake_and_generator_losses(
+                            trajectory[:, mb],
+                            cond[mb],
+                            group[mb],
+                            sample[mb],
+                            j,
+                            levels,
+                            draw,
+                            scale,
+                            nonfinite,
+                        ),
+                    )
                 if scoring is not None:
                     advantages, reward_metrics = self._finish_scoring(scoring, all_groups)
                     metrics.update(reward_metrics)
                     scoring = None
                 if self.rewards is not None and not self._surrogate_frozen:
                     for mb, draw, _, j_reward in plan:
-                        _append(sums, self._surrogate_loss(
-                            trajectory[:, mb], cond[mb], advantages[mb], group[mb], j_reward, levels, draw, group_sum, scale,
-                            nonfinite,
-                        ))
+                        _append(
+                            sums,
+                            self._surrogate_loss(
+                                trajectory[:, mb],
+                                cond[mb],
+                                advantages[mb],
+                                group[mb],
+                                j_reward,
+                                levels,
+                                draw,
+                                group_sum,
+                                scale,
+                                nonfinite,
+                            ),
+                        )
             if self.stepper.any_process(bool(nonfinite)):
                 return self._skip_step(nonfinite or ["another process's"], opt_g, opt_c)
             updates_before = self.global_step  # the EMA decays count the updates made before this one (8.6)
@@ -372,7 +433,9 @@ class TDMR1Module(L.LightningModule):
         metrics.update({k: torch.stack(v).mean() for k, v in sums.items()})
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(prompts))
 
-    def _update_plans(self, n: int, step: int, levels: torch.Generator) -> list[list[tuple[slice, tuple[int, int], int, int]]]:
+    def _update_plans(
+        self, n: int, step: int, levels: torch.Generator
+    ) -> list[list[tuple[slice, tuple[int, int], int, int]]]:
         """For every update of the step, its ``(micro-batch, draw (step, d), generator boundary j, surrogate
         boundary j')`` tuples, all drawn up front from ``levels`` (the same on every process)."""
         hp = self.hparams
@@ -380,9 +443,13 @@ class TDMR1Module(L.LightningModule):
         micro_batches = [slice(i, i + mbs) for i in range(0, n, mbs)]
         weights = torch.arange(1, hp.num_steps + 1, dtype=torch.float)
         plans = [
-            [(mb, (step, d), j, int(torch.multinomial(weights, 1, generator=levels)))
-             for mb in micro_batches[u::hp.updates_per_step]
-             for d, j in enumerate(torch.randperm(hp.num_steps, generator=levels)[: hp.boundaries_per_batch].tolist())]
+            [
+                (mb, (step, d), j, int(torch.multinomial(weights, 1, generator=levels)))
+                for mb in micro_batches[u :: hp.updates_per_step]
+                for d, j in enumerate(
+                    torch.randperm(hp.num_steps, generator=levels)[: hp.boundaries_per_batch].tolist()
+                )
+            ]
             for u in range(hp.updates_per_step)
         ]
         return [plan for plan in plans if plan]
@@ -421,8 +488,16 @@ class TDMR1Module(L.LightningModule):
         return advantages, metrics
 
     def _fake_and_generator_losses(
-        self, trajectory: Tensor, cond: Condition, group: Tensor, sample: Tensor, j: int,
-        levels: torch.Generator, draw: tuple[int, int], scale: float, nonfinite: list[str],
+        self,
+        trajectory: Tensor,
+        cond: Condition,
+        group: Tensor,
+        sample: Tensor,
+        j: int,
+        levels: torch.Generator,
+        draw: tuple[int, int],
+        scale: float,
+        nonfinite: list[str],
     ) -> dict[str, Tensor]:
         """The fake-score loss (5.1) and the generator loss (5.3) at boundary ``j``, each backpropagated.
 
@@ -445,7 +520,9 @@ class TDMR1Module(L.LightningModule):
         x_s = renoise(x_next, s_[j + 1], s, self.keyed_noise(shape, sample, *draw, _FAKE_NOISE))
         with torch.no_grad():
             v_teacher = bb.velocity(TEACHER, x_s, s, cond)
-        loss_fake = losses.fake_score_loss(bb.velocity(FAKE, x_s, s, cond), x_s, x0_hat.detach(), s, v_teacher, hp.fake_teacher_weight)
+        loss_fake = losses.fake_score_loss(
+            bb.velocity(FAKE, x_s, s, cond), x_s, x0_hat.detach(), s, v_teacher, hp.fake_teacher_weight
+        )
         self._backward(loss_fake * scale, "fake", nonfinite)
 
         # 5.3 generator: the same level, fresh noise
@@ -464,21 +541,41 @@ class TDMR1Module(L.LightningModule):
                 rc, ru = bb.velocity_cond_uncond(SURROGATE, x_s2, s2, cond)
                 r_cond, r_uncond = x0_from_velocity(x_s2, s2, rc), x0_from_velocity(x_s2, s2, ru)
         out = losses.generator_loss(
-            x0_hat, t_cond, t_uncond, fake, hp.guidance_scale, r_cond, r_uncond, base, hp.rl_guidance_scale,
-            hp.cfg_weight, hp.reward_weight,
+            x0_hat,
+            t_cond,
+            t_uncond,
+            fake,
+            hp.guidance_scale,
+            r_cond,
+            r_uncond,
+            base,
+            hp.rl_guidance_scale,
+            hp.cfg_weight,
+            hp.reward_weight,
         )
         self._backward(out.loss * scale, "generator", nonfinite)
         logs = {
-            "loss/fake": loss_fake.detach(), "loss/generator": out.loss.detach(),
-            "generator/guidance_term": out.guidance, "generator/kl_term": out.kl,
+            "loss/fake": loss_fake.detach(),
+            "loss/generator": out.loss.detach(),
+            "generator/guidance_term": out.guidance,
+            "generator/kl_term": out.kl,
         }
         if with_reward:
             logs["generator/reward_term"] = out.reward
         return logs
 
     def _surrogate_loss(
-        self, trajectory: Tensor, cond: Condition, advantages: Tensor, group: Tensor, j_reward: int,
-        levels: torch.Generator, draw: tuple[int, int], group_sum, scale: float, nonfinite: list[str],
+        self,
+        trajectory: Tensor,
+        cond: Condition,
+        advantages: Tensor,
+        group: Tensor,
+        j_reward: int,
+        levels: torch.Generator,
+        draw: tuple[int, int],
+        group_sum,
+        scale: float,
+        nonfinite: list[str],
     ) -> dict[str, Tensor]:
         """The surrogate-reward loss (5.2, DGPO) from the stored state after boundary ``j_reward``, backpropagated."""
         hp, bb, s_ = self.hparams, self.backbone, self.boundaries
@@ -493,8 +590,19 @@ class TDMR1Module(L.LightningModule):
             v_old = bb.velocity(SURROGATE_OLD, x_s, s, cond)
             v_ref = bb.velocity(SURROGATE_REF, x_s, s, cond) if hp.reference == "ema" else v_teacher
         out = losses.surrogate_loss(
-            bb.velocity(SURROGATE, x_s, s, cond), v_ref, v_old, v_teacher, v_target, advantages, group,
-            hp.beta, hp.clip_range, hp.trust_threshold, hp.lambda_kl, (j_reward + 1) / hp.num_steps, group_sum,
+            bb.velocity(SURROGATE, x_s, s, cond),
+            v_ref,
+            v_old,
+            v_teacher,
+            v_target,
+            advantages,
+            group,
+            hp.beta,
+            hp.clip_range,
+            hp.trust_threshold,
+            hp.lambda_kl,
+            (j_reward + 1) / hp.num_steps,
+            group_sum,
         )
         self._backward(out.loss * scale, "surrogate", nonfinite)
         logs = {
@@ -523,7 +631,9 @@ class TDMR1Module(L.LightningModule):
             f"({self._nonfinite_in_a_row} step(s) in a row)"
         )
         if self._nonfinite_in_a_row >= self.hparams.max_nonfinite_steps:
-            raise NonFiniteLossError(f"{message}; stopping (model.max_nonfinite_steps={self.hparams.max_nonfinite_steps})")
+            raise NonFiniteLossError(
+                f"{message}; stopping (model.max_nonfinite_steps={self.hparams.max_nonfinite_steps})"
+            )
         warnings.warn(f"{message}; skipping the step", RuntimeWarning)
 
     def _update_emas(self, n: int) -> None:
@@ -539,13 +649,23 @@ class TDMR1Module(L.LightningModule):
         r = rewards[valid]
         metrics = {"reward/valid_fraction": valid.float().mean()}
         if r.numel():
-            metrics.update({"reward/mean": r.mean(), "reward/std": r.std(unbiased=False), "reward/min": r.min(), "reward/max": r.max()})
+            metrics.update(
+                {
+                    "reward/mean": r.mean(),
+                    "reward/std": r.std(unbiased=False),
+                    "reward/min": r.min(),
+                    "reward/max": r.max(),
+                }
+            )
         a = advantages[valid]
         if a.numel():
-            metrics.update({
-                "advantage/abs_mean": a.abs().mean(), "advantage/positive_fraction": (a > 0).float().mean(),
-                "advantage/zero_fraction": (a == 0).float().mean(),
-            })
+            metrics.update(
+                {
+                    "advantage/abs_mean": a.abs().mean(),
+                    "advantage/positive_fraction": (a > 0).float().mean(),
+                    "advantage/zero_fraction": (a == 0).float().mean(),
+                }
+            )
         return metrics
 
     # ------------------------------------------------------------------------------------------
@@ -557,13 +677,20 @@ class TDMR1Module(L.LightningModule):
         if batch_idx == 0:
             log_image_grid(self, "val/samples", images)
         if self.eval_rewards is not None:
-            for label, (out, _) in self.eval_rewards.to(self.device)(images, batch["prompts"], batch["metadata"]).items():
+            for label, (out, _) in self.eval_rewards.to(self.device)(
+                images, batch["prompts"], batch["metadata"]
+            ).items():
                 if out.valid.any():
-                    self.log(f"val/{label}", out.scores[out.valid].mean().to(self.device), on_epoch=True, sync_dist=True, batch_size=int(out.valid.sum()))
+                    self.log(
+                        f"val/{label}",
+                        out.scores[out.valid].mean().to(self.device),
+                        on_epoch=True,
+                        sync_dist=True,
+                        batch_size=int(out.valid.sum()),
+                    )
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         return self.generate(batch["prompts"], GENERATOR_EMA, seed=self.hparams.noise_seed + batch_idx)
-

@@ -23,7 +23,6 @@ from .image_logging import image_logger_ready, log_image_grid
 from .sampler import sample_trajectory
 from .schedule import step_boundaries, time_shift
 
-
 _TRAINED = "backbone.roles.base."  # the state a pretraining checkpoint holds
 
 
@@ -111,14 +110,22 @@ class FlowMatchingModule(L.LightningModule):
         return loss
 
     @torch.no_grad()
-    def sample(self, prompts: list[str], steps: int | None = None, guidance_scale: float | None = None, seed: int = 0) -> Tensor:
+    def sample(
+        self, prompts: list[str], steps: int | None = None, guidance_scale: float | None = None, seed: int = 0
+    ) -> Tensor:
         """``uint8`` images of ``prompts`` by Euler sampling with classifier-free guidance."""
         hp, bb = self.hparams, self.backbone
         steps = steps or hp.sample_steps
         scale = hp.guidance_scale if guidance_scale is None else guidance_scale
         cond = bb.encode_prompts(prompts)
-        noise = torch.randn((len(prompts), *bb.latent_shape), generator=torch.Generator(self.device).manual_seed(seed), device=self.device)
-        trajectory = sample_trajectory(lambda x, s: bb.guided_velocity(TEACHER, x, s, cond, scale), noise, step_boundaries(steps, 3.0))
+        noise = torch.randn(
+            (len(prompts), *bb.latent_shape),
+            generator=torch.Generator(self.device).manual_seed(seed),
+            device=self.device,
+        )
+        trajectory = sample_trajectory(
+            lambda x, s: bb.guided_velocity(TEACHER, x, s, cond, scale), noise, step_boundaries(steps, 3.0)
+        )
         return bb.decode(trajectory[-1])
 
     def _log_samples(self, prompts: list[str]) -> None:
@@ -167,7 +174,9 @@ def export_checkpoint(config: str, checkpoint: str, out: str, overrides: list[st
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     missing = set(k for k in module.state_dict() if k.startswith(_TRAINED)) - set(state)
     if missing:
-        raise ValueError(f"checkpoint {checkpoint} lacks {len(missing)} transformer weights, e.g. {sorted(missing)[:3]}")
+        raise ValueError(
+            f"checkpoint {checkpoint} lacks {len(missing)} transformer weights, e.g. {sorted(missing)[:3]}"
+        )
     module.load_state_dict(state, strict=False)
     return export_pipeline(module.backbone, out)
 
@@ -182,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--config", required=True, help="the pretraining config (e.g. configs/shapes/teacher.yaml)")
     export.add_argument("--ckpt", required=True, help="a checkpoint of that run")
     export.add_argument("--out", required=True, help="the pipeline folder to write")
-    export.add_argument("overrides", nargs="*", help="extra config arguments, e.g. --model.init_args.backbone.init_args.directory=DIR")
+    export.add_argument(
+        "overrides", nargs="*", help="extra config arguments, e.g. --model.init_args.backbone.init_args.directory=DIR"
+    )
     args = parser.parse_args(argv)
     print(export_checkpoint(args.config, args.ckpt, args.out, args.overrides))
     return 0

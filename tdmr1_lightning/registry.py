@@ -110,7 +110,9 @@ def import_class_path(class_path: str) -> type[Reward]:
     try:
         obj = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
-        raise RewardRegistryError(f"cannot import reward class_path {class_path!r}: {type(err).__name__}: {err}") from err
+        raise RewardRegistryError(
+            f"cannot import reward class_path {class_path!r}: {type(err).__name__}: {err}"
+        ) from err
     return _check_reward_class(obj, f"class_path {class_path!r}")
 
 
@@ -131,7 +133,7 @@ class RewardSpec:
     weight: float = 1.0
 
     @classmethod
-    def from_config(cls, entry: Any, where: str = "rewards") -> "RewardSpec":
+    def from_config(cls, entry: Any, where: str = "rewards") -> RewardSpec:
         """A spec from a config entry: ``{name | class_path, init_args?, weight?}`` or just a name."""
         if isinstance(entry, RewardSpec):
             return entry
@@ -141,7 +143,9 @@ class RewardSpec:
             raise RewardRegistryError(f"{where}: expected a mapping with `name` or `class_path`, got {entry!r}")
         unknown = set(entry) - {"name", "class_path", "init_args", "weight"}
         if unknown:
-            raise RewardRegistryError(f"{where}: unknown keys {sorted(unknown)}; allowed: name, class_path, init_args, weight")
+            raise RewardRegistryError(
+                f"{where}: unknown keys {sorted(unknown)}; allowed: name, class_path, init_args, weight"
+            )
         return cls(**entry)
 
     @property
@@ -151,7 +155,10 @@ class RewardSpec:
     def build(self) -> Reward:
         """Import and construct the reward; arguments are checked against its signature first."""
         if (self.name is None) == (self.class_path is None):
-            raise RewardRegistryError(f"a reward needs exactly one of `name` or `class_path`, got name={self.name!r}, class_path={self.class_path!r}")
+            raise RewardRegistryError(
+                "a reward needs exactly one of `name` or `class_path`, "
+                f"got name={self.name!r}, class_path={self.class_path!r}"
+            )
         cls = get_entry(self.name).load() if self.name else import_class_path(self.class_path)
         try:
             inspect.signature(cls).bind(**self.init_args)
@@ -161,7 +168,9 @@ class RewardSpec:
 
 
 def build_rewards(entries: list[dict[str, Any]] | None, where: str = "model.rewards") -> WeightedRewards | None:
-    """The weighted rewards of a config's list of reward entries (``None`` for none); ``where`` names the key in errors."""
+    """The weighted rewards of a config's list of reward entries (``None`` for none).
+
+    ``where`` names the config key in errors."""
     if not entries:
         return None
     specs = [RewardSpec.from_config(e, f"{where}[{i}]") for i, e in enumerate(entries)]

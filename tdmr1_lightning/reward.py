@@ -56,7 +56,7 @@ class Reward(ABC):
     def device(self) -> torch.device:
         return self._device
 
-    def to(self, device: str | torch.device) -> "Reward":
+    def to(self, device: str | torch.device) -> Reward:
         """Use ``device`` from now on (moves the ``nn.Module`` attributes already loaded)."""
         self._device = torch.device(device)
         for key, value in vars(self).items():
@@ -77,7 +77,9 @@ class Reward(ABC):
     def __call__(self, images: Tensor, prompts: list[str], metadata: list[dict] | None = None) -> RewardOutput:
         n = images.shape[0]
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"reward {self.name}: expected uint8 images (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+            raise ValueError(
+                f"reward {self.name}: expected uint8 images (N, 3, H, W), got {images.dtype} {tuple(images.shape)}"
+            )
         if len(prompts) != n:
             raise ValueError(f"reward {self.name}: {n} images but {len(prompts)} prompts")
         metadata = metadata if metadata is not None else [{} for _ in range(n)]
@@ -89,7 +91,11 @@ class Reward(ABC):
         if scores is None or scores.numel() != n:
             got = "None" if scores is None else tuple(torch.as_tensor(out.scores).shape)
             raise ValueError(f"reward {self.name}: returned scores of shape {got} for {n} images; expected ({n},)")
-        valid = torch.ones(n, dtype=torch.bool) if out.valid is None else torch.as_tensor(out.valid).bool().cpu().reshape(-1)
+        valid = (
+            torch.ones(n, dtype=torch.bool)
+            if out.valid is None
+            else torch.as_tensor(out.valid).bool().cpu().reshape(-1)
+        )
         if valid.numel() != n:
             raise ValueError(f"reward {self.name}: returned a validity mask of {valid.numel()} entries for {n} images")
         finite = torch.isfinite(scores)
@@ -103,26 +109,6 @@ class Reward(ABC):
         )
 
 
-class JPEGCompressibility(Reward):
-    """Smaller JPEG files score higher: ``-(size in kB)`` at the given quality (a cheap smoke-test reward).
-
-    Args:
-        quality: JPEG quality used to measure the size.
-    """
-
-    def __init__(self, quality: int = 95) -> None:
-        if not 1 <= quality <= 100:
-            raise ValueError(f"quality must be in [1, 100], got {quality}")
-        self.quality = quality
-
-    def score(self, images: Tensor, prompts: list[str], metadata: list[dict]) -> RewardOutput:
-        from torchvision.io import encode_jpeg
-
-        encoded = encode_jpeg(list(images.cpu()), quality=self.quality)
-        sizes = torch.tensor([e.numel() / 1000.0 for e in encoded])
-        return RewardOutput(scores=-sizes, details={"jpeg_kb": sizes.tolist()})
-
-
 class WeightedRewards:
     """Several rewards scored together, each with a weight and a label (a config's reward list).
 
@@ -134,9 +120,11 @@ class WeightedRewards:
         if not rewards:
             raise ValueError("WeightedRewards needs at least one reward")
         labels = [label for label, _, _ in rewards]
-        self.items = [(label if labels.count(label) == 1 else f"{label}_{i}", r, w) for i, (label, r, w) in enumerate(rewards)]
+        self.items = [
+            (label if labels.count(label) == 1 else f"{label}_{i}", r, w) for i, (label, r, w) in enumerate(rewards)
+        ]
 
-    def to(self, device: str | torch.device) -> "WeightedRewards":
+    def to(self, device: str | torch.device) -> WeightedRewards:
         for _, reward, _ in self.items:
             if reward.device != torch.device(device):
                 reward.to(device)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -27,4 +27,3 @@ def sample_trajectory(velocity: VelocityFn, noise: Tensor, boundaries: list[floa
         x = euler_step(x, s, s_next, velocity(x, s))
         trajectory[j + 1] = x
     return trajectory
-

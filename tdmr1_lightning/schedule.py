@@ -78,18 +78,14 @@ def renoise(x_from: Tensor, s_from: Tensor | float, s: Tensor | float, xi: Tenso
     return _as_level(a.to(x_from.dtype), x_from) * x_from + _as_level(b.to(x_from.dtype), x_from) * xi
 
 
-def sample_level(
-    lower: float, shift: float, generator: torch.Generator | None = None, upper: float = 1.0
-) -> float:
+def sample_level(lower: float, shift: float, generator: torch.Generator | None = None, upper: float = 1.0) -> float:
     """Draw ``s = S(u)`` with ``u ~ U[lower, upper]`` (one scalar shared by the whole batch)."""
     lower = min(max(float(lower), 0.0), upper)
     u = lower + (upper - lower) * torch.rand((), generator=generator, dtype=torch.float64).item()
     return float(time_shift(u, shift))
 
 
-def sample_query_level(
-    above: float, shift: float, margin: float, generator: torch.Generator | None = None
-) -> float:
+def sample_query_level(above: float, shift: float, margin: float, generator: torch.Generator | None = None) -> float:
     """A query level above ``above``: ``s = S(u)``, ``u ~ U[S^-1(above) + margin, 1]`` (sections 5, 8.3).
 
     The margin keeps ``s`` away from ``above``, where the forward kernel's noise ``b`` vanishes.

@@ -29,7 +29,9 @@ class RewardScorer:
     builds its own rewards from ``entries`` (no Python lock shared with training).
     """
 
-    def __init__(self, rewards: WeightedRewards, entries: list[dict[str, Any]] | None, overlap: Overlap = False) -> None:
+    def __init__(
+        self, rewards: WeightedRewards, entries: list[dict[str, Any]] | None, overlap: Overlap = False
+    ) -> None:
         self.rewards = rewards
         self.entries = entries
         self.overlap = overlap
@@ -93,7 +95,7 @@ def _timed(fn, *args):
     return out, time.perf_counter() - start
 
 
-def _on_stream(stream: "torch.cuda.Stream", fn, *args):
+def _on_stream(stream: torch.cuda.Stream, fn, *args):
     """``fn(*args)`` with ``stream`` current in this (worker) thread."""
     with torch.cuda.stream(stream):
         return fn(*args)

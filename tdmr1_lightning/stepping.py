@@ -10,7 +10,7 @@ intervals count what a user expects. Public Lightning and torch API only: the st
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+from contextlib import AbstractContextManager
 
 import lightning as L
 import torch
@@ -34,7 +34,7 @@ class ManualStepper:
     def world_size(self) -> int:
         return self.module.trainer.world_size
 
-    def accumulating(self) -> ContextManager:
+    def accumulating(self) -> AbstractContextManager:
         """Backward passes inside do not synchronise gradients (DDP would reduce at every backward, and
         sees roles unused in each one); :meth:`step` reduces them once."""
         block = getattr(self.module.trainer.strategy, "block_backward_sync", None)

@@ -96,11 +96,7 @@ _MODEL_INDEX = "model_index.json"
 
 def _bytes_to_unicode() -> list[str]:
     """The GPT-2/CLIP byte -> printable unicode mapping, in CLIP vocabulary order."""
-    bs = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -214,9 +210,7 @@ def _build_tokenizers(
     clip_dir = scratch / "clip_bpe"
     clip_dir.mkdir(parents=True, exist_ok=True)
     (clip_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (clip_dir / "merges.txt").write_text(
-        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8"
-    )
+    (clip_dir / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
     tokenizer = CLIPTokenizer.from_pretrained(str(clip_dir), model_max_length=clip_max_length, local_files_only=True)
     tokenizer_2 = CLIPTokenizer.from_pretrained(str(clip_dir), model_max_length=clip_max_length, local_files_only=True)
     pieces = t5_char_vocab() + [("\u2581" + w.lower(), -1.0) for w in sorted(set(words))]
@@ -322,20 +316,24 @@ def _build_components(
     )
 
     _seed(seed)
-    vae = None if pixel_space else AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * len(vae_blocks),
-        up_block_types=("UpDecoderBlock2D",) * len(vae_blocks),
-        block_out_channels=vae_blocks,
-        layers_per_block=1,
-        latent_channels=latent_channels,
-        norm_num_groups=8,
-        sample_size=resolution,
-        scaling_factor=VAE_SCALING_FACTOR,
-        shift_factor=VAE_SHIFT_FACTOR,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
+    vae = (
+        None
+        if pixel_space
+        else AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * len(vae_blocks),
+            up_block_types=("UpDecoderBlock2D",) * len(vae_blocks),
+            block_out_channels=vae_blocks,
+            layers_per_block=1,
+            latent_channels=latent_channels,
+            norm_num_groups=8,
+            sample_size=resolution,
+            scaling_factor=VAE_SCALING_FACTOR,
+            shift_factor=VAE_SHIFT_FACTOR,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+        )
     )
 
     text_encoder = _clip_text_encoder(clip_dims[0], clip_vocab, seed, clip_max_length)
@@ -464,7 +462,7 @@ def build_tiny_sd3(
             bias at initialisation (``None``: transformers' ``d_model ** -0.5``). A frozen random T5
             with the default is nearly a bag of words; a large value (e.g. 5) makes each token's
             output depend on its neighbours, so a model conditioned on it can tell "a red circle and
-            a blue square" from "a blue circle and a red square" (docs/shapes.md).
+            a blue square" from "a blue circle and a red square" (docs/experiments/shapes.md, "Text that binds").
         dual_attention_layers: Blocks with SD3.5's second, image-only attention (``attn2``).
         verbose: Print progress to stdout.
 
@@ -500,7 +498,8 @@ def build_tiny_sd3(
                 pixel_space=pixel_space,
                 words=words,
                 clip_max_length=clip_max_length,
-                t5_position_bias_std=t5_position_bias_std, dual_attention_layers=dual_attention_layers,
+                t5_position_bias_std=t5_position_bias_std,
+                dual_attention_layers=dual_attention_layers,
             )
         shutil.rmtree(tmp / ".scratch", ignore_errors=True)
         for name, comp in components.items():
@@ -587,7 +586,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--words", nargs="*", default=[], help="whole words kept as single tokens")
     parser.add_argument("--clip-max-length", type=int, default=CLIP_MAX_LENGTH)
     parser.add_argument(
-        "--t5-position-bias-std", type=float, default=None,
+        "--t5-position-bias-std",
+        type=float,
+        default=None,
         help="std of the T5 relative-position bias at initialisation (default: transformers' d_model ** -0.5)",
     )
     parser.add_argument("--if-missing", action="store_true", help="do nothing if DIR already holds a pipeline")

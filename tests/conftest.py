@@ -24,6 +24,19 @@ if _REPO_ROOT not in sys.path:
 
 import pytest  # noqa: E402
 
+QUIET_TRAINER = (
+    "--trainer.limit_val_batches=0",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+)
+
+
+@pytest.fixture
+def quiet_trainer() -> list[str]:
+    """`tdmr1 fit` arguments of a test's trainer: no validation loop, progress bar or model summary
+    (a test adds its own root dir, logger, steps and callbacks)."""
+    return list(QUIET_TRAINER)
+
 
 @pytest.fixture(scope="session")
 def tiny_sd3_path(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -15,15 +15,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _manifest(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / MANIFEST).write_text(json.dumps({
-        "teacher": {"description": "a teacher", "rebuild": ["tdmr1 fit --config teacher.yaml", "ship it"]},
-        "student.safetensors": {"description": "a student", "rebuild": ["tdmr1 fit --config tdm.yaml"]},
-    }))
+    (folder / MANIFEST).write_text(
+        json.dumps(
+            {
+                "teacher": {"description": "a teacher", "rebuild": ["tdmr1 fit --config teacher.yaml", "ship it"]},
+                "student.safetensors": {"description": "a student", "rebuild": ["tdmr1 fit --config tdm.yaml"]},
+            }
+        )
+    )
 
 
 def test_missing_listed_asset_names_the_rebuild_commands(tmp_path: Path) -> None:
     _manifest(tmp_path / "assets")
-    with pytest.raises(MissingAssetError, match=r"(?s)pretrained_model: .*teacher is missing.*tdmr1 fit --config teacher.yaml.*ship it"):
+    with pytest.raises(
+        MissingAssetError, match=r"(?s)pretrained_model: .*teacher is missing.*tdmr1 fit --config teacher.yaml.*ship it"
+    ):
         check_asset(tmp_path / "assets" / "teacher", "pretrained_model")
     with pytest.raises(MissingAssetError, match="tdm.yaml"):
         check_asset(tmp_path / "assets" / "student.safetensors", "generator_checkpoint")
@@ -33,8 +39,8 @@ def test_missing_listed_asset_names_the_rebuild_commands(tmp_path: Path) -> None
 
 
 def test_backbone_and_lora_loaders_raise_the_asset_error(tmp_path: Path) -> None:
-    from tdmr1_lightning.backbones.lora_files import read_lora_file
     from tdmr1_lightning.backbones.hub import resolve_pretrained
+    from tdmr1_lightning.backbones.lora_files import read_lora_file
 
     _manifest(tmp_path / "assets")
     with pytest.raises(MissingAssetError, match="ship it"):
@@ -76,13 +82,17 @@ def test_ship_pipeline_casts_weights_and_loads_back(tiny_sd3_path: Path, tmp_pat
 def test_ship_lora_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from safetensors.torch import load_file, save_file
 
-    lora = {"transformer_blocks.0.attn.to_q.lora_A.weight": torch.randn(4, 8),
-            "transformer_blocks.0.attn.to_q.lora_B.weight": torch.randn(8, 4)}
+    lora = {
+        "transformer_blocks.0.attn.to_q.lora_A.weight": torch.randn(4, 8),
+        "transformer_blocks.0.attn.to_q.lora_B.weight": torch.randn(8, 4),
+    }
     save_file(lora, str(tmp_path / "in.safetensors"))
     out = ship_lora(tmp_path / "in.safetensors", tmp_path / "out" / "student.safetensors")
     got = load_file(str(out))
     assert set(got) == set(lora) and all(v.dtype == torch.float16 for v in got.values())
-    assert main(["lora", str(tmp_path / "in.safetensors"), str(tmp_path / "s32.safetensors"), "--dtype", "float32"]) == 0
+    assert (
+        main(["lora", str(tmp_path / "in.safetensors"), str(tmp_path / "s32.safetensors"), "--dtype", "float32"]) == 0
+    )
     assert "s32.safetensors" in capsys.readouterr().out
     assert main(["pipeline", str(tmp_path / "nothing"), str(tmp_path / "x")]) == 2
     assert "no model_index.json" in capsys.readouterr().err

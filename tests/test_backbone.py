@@ -1,13 +1,19 @@
 """The SD3 backbone on a tiny offline pipeline: roles, LoRA checkpoints, decoding, bad input."""
 
-
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from tdmr1_lightning.backbones import SD3Backbone
 from tdmr1_lightning.backbones.base import (
-    FAKE, GENERATOR, GENERATOR_EMA, SURROGATE, SURROGATE_OLD, TEACHER, LoraCheckpointError, unique_tensor_bytes,
+    FAKE,
+    GENERATOR,
+    GENERATOR_EMA,
+    SURROGATE,
+    SURROGATE_OLD,
+    TEACHER,
+    LoraCheckpointError,
+    unique_tensor_bytes,
 )
 from tdmr1_lightning.backbones.hub import ModelNotFoundError
 
@@ -96,7 +102,14 @@ def test_generator_starts_from_a_lora_checkpoint(tmp_path, tiny_sd3_path, backbo
     path = tmp_path / "tdm_lora.safetensors"
     state = _lora_state(backbone)
     save_file(state, str(path))  # no alpha stated: alpha = rank, as diffusers reads it
-    bb = SD3Backbone(str(tiny_sd3_path), resolution=32, lora_rank=4, lora_alpha=4, max_sequence_length=32, generator_checkpoint=str(path))
+    bb = SD3Backbone(
+        str(tiny_sd3_path),
+        resolution=32,
+        lora_rank=4,
+        lora_alpha=4,
+        max_sequence_length=32,
+        generator_checkpoint=str(path),
+    )
     bb.build([GENERATOR, GENERATOR_EMA, FAKE])
     x, c = _inputs(bb)
     assert not torch.allclose(bb.velocity(GENERATOR, x, 0.9, c), bb.velocity(TEACHER, x, 0.9, c))
@@ -105,10 +118,25 @@ def test_generator_starts_from_a_lora_checkpoint(tmp_path, tiny_sd3_path, backbo
     # the same weights through a torch checkpoint (read with weights_only) and in full-copy mode
     pt = tmp_path / "tdm_lora.pt"
     torch.save({k.replace("transformer.", "base_model.model."): v for k, v in state.items()}, pt)
-    bb_pt = SD3Backbone(str(tiny_sd3_path), resolution=32, lora_rank=4, lora_alpha=4, max_sequence_length=32, generator_checkpoint=str(pt))
+    bb_pt = SD3Backbone(
+        str(tiny_sd3_path),
+        resolution=32,
+        lora_rank=4,
+        lora_alpha=4,
+        max_sequence_length=32,
+        generator_checkpoint=str(pt),
+    )
     bb_pt.build([GENERATOR])
     assert torch.allclose(bb_pt.velocity(GENERATOR, x, 0.9, c), bb.velocity(GENERATOR, x, 0.9, c), atol=1e-6)
-    bb_full = SD3Backbone(str(tiny_sd3_path), resolution=32, roles_as="full", lora_rank=4, lora_alpha=4, max_sequence_length=32, generator_checkpoint=str(path))
+    bb_full = SD3Backbone(
+        str(tiny_sd3_path),
+        resolution=32,
+        roles_as="full",
+        lora_rank=4,
+        lora_alpha=4,
+        max_sequence_length=32,
+        generator_checkpoint=str(path),
+    )
     bb_full.build([GENERATOR])
     assert torch.allclose(bb_full.velocity(GENERATOR, x, 0.9, c), bb.velocity(GENERATOR, x, 0.9, c), atol=1e-5)
 
@@ -125,7 +153,9 @@ def test_lora_checkpoint_with_foreign_keys_is_refused(tmp_path, tiny_sd3_path, b
     state["transformer.transformer_blocks.0.ff.net.2.lora_A.weight"] = torch.zeros(4, 8)
     save_file(state, str(path))
     bb = SD3Backbone(str(tiny_sd3_path), resolution=32, lora_rank=4, lora_alpha=4, generator_checkpoint=str(path))
-    with pytest.raises(LoraCheckpointError, match=r"first unmatched key: 'transformer_blocks.0.ff.net.2.lora_A.weight'"):
+    with pytest.raises(
+        LoraCheckpointError, match=r"first unmatched key: 'transformer_blocks.0.ff.net.2.lora_A.weight'"
+    ):
         bb.build([GENERATOR])
     wrong_rank = tmp_path / "rank4.safetensors"
     save_file(_lora_state(backbone), str(wrong_rank))
@@ -222,6 +252,8 @@ def test_frozen_text_encoders_stay_deterministic_in_training_mode(backbone):
         assert not any(encoder.training for encoder in backbone.text_encoders)
         a, b = backbone.encode_prompts(["a red circle"]), backbone.encode_prompts(["a red circle"])
         assert torch.equal(a.tensors["embeds"], b.tensors["embeds"])
-        assert torch.equal(backbone.null_condition(1).tensors["embeds"], backbone.encode_prompts([""]).tensors["embeds"])
+        assert torch.equal(
+            backbone.null_condition(1).tensors["embeds"], backbone.encode_prompts([""]).tensors["embeds"]
+        )
     finally:
         backbone.eval()

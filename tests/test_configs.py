@@ -37,8 +37,11 @@ def test_config_opens_with_a_comment_block(config):
 
 def _fit_args(tmp_path, tiny_sd3_path, *extra):
     return [
-        "--config", "configs/tiny.yaml", f"--model.backbone.init_args.directory={tiny_sd3_path}",
-        f"--trainer.default_root_dir={tmp_path}", *extra,
+        "--config",
+        "configs/tiny.yaml",
+        f"--model.backbone.init_args.directory={tiny_sd3_path}",
+        f"--trainer.default_root_dir={tmp_path}",
+        *extra,
     ]
 
 
@@ -56,7 +59,10 @@ def test_unknown_reward_is_named_with_the_installed_ones(tmp_path, tiny_sd3_path
     with pytest.raises(ValueError, match=r"unknown reward 'no_such_reward'; installed rewards: .*jpeg_compressibility"):
         build_cli(_fit_args(tmp_path, tiny_sd3_path, "--model.rewards=[{name: no_such_reward}]"), run=False)
     with pytest.raises(ValueError, match="NoSuchReward"):
-        build_cli(_fit_args(tmp_path, tiny_sd3_path, "--model.rewards=[{class_path: tdmr1_lightning.reward.NoSuchReward}]"), run=False)
+        build_cli(
+            _fit_args(tmp_path, tiny_sd3_path, "--model.rewards=[{class_path: tdmr1_lightning.reward.NoSuchReward}]"),
+            run=False,
+        )
 
 
 @pytest.mark.parametrize(
@@ -100,7 +106,19 @@ def test_empty_prompt_file_fails_before_models_load(tmp_path, tiny_sd3_path, mon
 def test_unresolvable_model_fails_before_models_load(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(Exception, match="not in the hub cache"):
-        build_cli(["--config", "configs/sd35_tdm.yaml", "--data.train_prompts=configs/prompts/tiny_train.txt", f"--trainer.default_root_dir={tmp_path}", "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.precision=32-true"], run=False)
+        build_cli(
+            [
+                "--config",
+                "configs/sd35_tdm.yaml",
+                "--data.train_prompts=configs/prompts/tiny_train.txt",
+                f"--trainer.default_root_dir={tmp_path}",
+                "--trainer.accelerator=cpu",
+                "--trainer.devices=1",
+                "--trainer.strategy=auto",
+                "--trainer.precision=32-true",
+            ],
+            run=False,
+        )
 
 
 def test_tdmr1_dispatches_evaluate(capsys):
@@ -166,14 +184,19 @@ def test_shapes_teacher_trains_on_the_shipped_prompt_split():
     assert len(records) >= 200 and all(is_held_out(r, held) for r in records)
 
 
-def test_config_paths_resolve_against_the_config_folder(tmp_path, tiny_sd3_path, monkeypatch):
+def test_config_paths_resolve_against_the_config_folder(tmp_path, tiny_sd3_path, quiet_trainer, monkeypatch):
     # from another working directory, the config's own relative paths still name its files; the run's saved
     # config names them absolutely; a path given on the command line is relative to the working directory
     monkeypatch.chdir(tmp_path)
     config = (ROOT / "configs" / "tiny.yaml").resolve()
-    args = ["--config", str(config), f"--model.backbone.init_args.directory={tiny_sd3_path}",
-            "--trainer.default_root_dir=run", "--trainer.max_steps=1", "--trainer.limit_val_batches=0",
-            "--trainer.enable_progress_bar=false"]
+    args = [
+        "--config",
+        str(config),
+        f"--model.backbone.init_args.directory={tiny_sd3_path}",
+        "--trainer.default_root_dir=run",
+        "--trainer.max_steps=1",
+        *quiet_trainer,
+    ]
     cli = build_cli(args, run=False)
     assert cli.datamodule.train_prompts == str(ROOT / "configs" / "prompts" / "tiny_train.txt")
     cli.trainer.fit(cli.model, cli.datamodule)
@@ -200,6 +223,12 @@ def test_sd35_rl_configs_validate_held_out_prompts_every_60_updates(name):
     assert config["trainer"]["val_check_interval"] == 60 and config["trainer"]["check_val_every_n_epoch"] is None
     train, val = config["data"]["train_prompts"], config["data"]["val_prompts"]
     assert val and val != train
-    assert f"--out configs/{val} " in text and f"--exclude configs/{train}" in text  # held out from the training prompts
+    assert (
+        f"--out configs/{val} " in text and f"--exclude configs/{train}" in text
+    )  # held out from the training prompts
     # the reference's geometry: a group of 24 shared by processes_per_group GPUs, one share a micro-batch
-    assert config["model"]["micro_batch_size"] * config["data"]["processes_per_group"] == config["data"]["group_size"] == 24
+    assert (
+        config["model"]["micro_batch_size"] * config["data"]["processes_per_group"]
+        == config["data"]["group_size"]
+        == 24
+    )

@@ -224,7 +224,14 @@ def test_datamodule_processes_share_groups(tmp_path: Path) -> None:
     # ranks 0 and 1 share the step's groups 0 and 1, ranks 2 and 3 groups 2 and 3; together every draw once
     assert batches[0]["prompt_index"].tolist() == batches[1]["prompt_index"].tolist()
     assert batches[0]["group_index"].tolist() == batches[1]["group_index"].tolist() == [0, 0, 0, 1, 1, 1]
-    assert batches[0]["sample_index"].tolist() == [0, 1, 2, 6, 7, 8] and batches[1]["sample_index"].tolist() == [3, 4, 5, 9, 10, 11]
+    assert batches[0]["sample_index"].tolist() == [0, 1, 2, 6, 7, 8] and batches[1]["sample_index"].tolist() == [
+        3,
+        4,
+        5,
+        9,
+        10,
+        11,
+    ]
     assert batches[2]["group_index"].tolist() == batches[3]["group_index"].tolist() == [2, 2, 2, 3, 3, 3]
     assert sorted(i for b in batches.values() for i in b["sample_index"].tolist()) == list(range(24))
     single = PromptDataModule(str(train), prompts_per_step=4, group_size=6, shuffle_seed=2)
@@ -235,11 +242,14 @@ def test_datamodule_processes_share_groups(tmp_path: Path) -> None:
             assert one["prompts"][k] == prompt
 
 
-@pytest.mark.parametrize("world, group_size, q, prompts, match", [
-    (3, 4, 2, 4, r"processes_per_group=2 does not divide the world size \(3\)"),
-    (4, 6, 4, 4, r"group_size=6 does not split into data.processes_per_group=4"),
-    (4, 4, 2, 3, r"prompts_per_step=3 must be divisible by the world size \(4\) / data.processes_per_group \(2\)"),
-])
+@pytest.mark.parametrize(
+    "world, group_size, q, prompts, match",
+    [
+        (3, 4, 2, 4, r"processes_per_group=2 does not divide the world size \(3\)"),
+        (4, 6, 4, 4, r"group_size=6 does not split into data.processes_per_group=4"),
+        (4, 4, 2, 3, r"prompts_per_step=3 must be divisible by the world size \(4\) / data.processes_per_group \(2\)"),
+    ],
+)
 def test_group_geometry_that_cannot_be_split_is_refused(tmp_path: Path, world, group_size, q, prompts, match) -> None:
     train = _prompt_file(tmp_path, 8)
     with pytest.raises(ValueError, match=match):
@@ -348,7 +358,7 @@ def test_datamodule_validation(tmp_path: Path) -> None:
         PromptDataModule(str(train), val_prompts=str(_write(tmp_path / "empty.txt", "\n")))
     dm = PromptDataModule(str(train), prompts_per_step=6)
     with pytest.raises(RuntimeError, match="setup"):
-        dm.samples_per_step_local
+        _ = dm.samples_per_step_local
     dm.trainer = SimpleNamespace(world_size=4, global_rank=0)
     with pytest.raises(ValueError, match=r"prompts_per_step=6 .*world size \(4\)"):
         dm.setup("fit")

@@ -11,7 +11,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-CALLBACK = '''
+CALLBACK = """
 import json, torch, lightning as L
 from tdmr1_lightning.backbones.base import FAKE, GENERATOR, SURROGATE
 
@@ -27,21 +27,33 @@ class ReportSync(L.Callback):
             json.dump({"max_diff": float((gathered[0] - gathered[1]).abs().max()),
                        "moved": float(flat.abs().sum()), "global_step": trainer.global_step,
                        "world_size": trainer.world_size}, open(self.path, "w"))
-'''
+"""
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_keep_roles_in_sync(tmp_path, tiny_sd3_path):
+def test_ddp_two_processes_keep_roles_in_sync(tmp_path, tiny_sd3_path, quiet_trainer):
     (tmp_path / "sync_callback.py").write_text(CALLBACK)
     report = tmp_path / "report.json"
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "HF_HUB_OFFLINE": "1"}
     cmd = [
-        sys.executable, "-m", "tdmr1_lightning", "fit", "--config", "configs/tiny.yaml",
-        f"--model.backbone.init_args.directory={tiny_sd3_path}", f"--trainer.default_root_dir={tmp_path}",
-        "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu", "--trainer.max_steps=2",
-        "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false", "--trainer.logger=false",
-        "--trainer.enable_checkpointing=false", "--trainer.callbacks=[]",
-        "--trainer.callbacks+=sync_callback.ReportSync", f"--trainer.callbacks.path={report}",
+        sys.executable,
+        "-m",
+        "tdmr1_lightning",
+        "fit",
+        "--config",
+        "configs/tiny.yaml",
+        f"--model.backbone.init_args.directory={tiny_sd3_path}",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.strategy=ddp",
+        "--trainer.devices=2",
+        "--trainer.accelerator=cpu",
+        "--trainer.max_steps=2",
+        *quiet_trainer,
+        "--trainer.logger=false",
+        "--trainer.enable_checkpointing=false",
+        "--trainer.callbacks=[]",
+        "--trainer.callbacks+=sync_callback.ReportSync",
+        f"--trainer.callbacks.path={report}",
     ]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -50,7 +62,7 @@ def test_ddp_two_processes_keep_roles_in_sync(tmp_path, tiny_sd3_path):
     assert result["max_diff"] == 0.0
 
 
-SAVE_CALLBACK = '''
+SAVE_CALLBACK = """
 import torch, lightning as L
 from tdmr1_lightning.backbones.base import FAKE, GENERATOR, GENERATOR_EMA, SURROGATE, SURROGATE_OLD
 
@@ -69,11 +81,11 @@ class SaveRoles(L.Callback):
     def on_train_end(self, trainer, module):
         if trainer.is_global_zero:
             torch.save({"start": self.start, "end": self._roles(module)}, self.path)
-'''
+"""
 
 
 @pytest.mark.slow
-def test_a_group_split_across_two_processes_trains_as_one_process_holding_it(tmp_path, tiny_sd3_path):
+def test_a_group_split_across_two_processes_trains_as_one_process_holding_it(tmp_path, tiny_sd3_path, quiet_trainer):
     # Section 8.5: two groups of 4, each shared by both processes (2 samples each, micro-batches of 2), against
     # one process holding both groups (micro-batches of 4): the same global micro-batches, the same noise
     # (keyed by sample and group), group means, std and S_g reduced across the processes.
@@ -83,19 +95,38 @@ def test_a_group_split_across_two_processes_trains_as_one_process_holding_it(tmp
     def fit(name: str, *extra: str) -> dict:
         out = tmp_path / f"{name}.pt"
         cmd = [
-            sys.executable, "-m", "tdmr1_lightning", "fit", "--config", "configs/tiny.yaml",
-            f"--model.backbone.init_args.directory={tiny_sd3_path}", f"--trainer.default_root_dir={tmp_path / name}",
-            "--trainer.accelerator=cpu", "--trainer.max_steps=2", "--trainer.limit_val_batches=0",
-            "--trainer.enable_progress_bar=false", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
-            "--trainer.callbacks=[]", "--trainer.callbacks+=save_callback.SaveRoles", f"--trainer.callbacks.path={out}",
-            "--data.prompts_per_step=2", "--data.group_size=4", *extra,
+            sys.executable,
+            "-m",
+            "tdmr1_lightning",
+            "fit",
+            "--config",
+            "configs/tiny.yaml",
+            f"--model.backbone.init_args.directory={tiny_sd3_path}",
+            f"--trainer.default_root_dir={tmp_path / name}",
+            "--trainer.accelerator=cpu",
+            "--trainer.max_steps=2",
+            *quiet_trainer,
+            "--trainer.logger=false",
+            "--trainer.enable_checkpointing=false",
+            "--trainer.callbacks=[]",
+            "--trainer.callbacks+=save_callback.SaveRoles",
+            f"--trainer.callbacks.path={out}",
+            "--data.prompts_per_step=2",
+            "--data.group_size=4",
+            *extra,
         ]
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
         return torch.load(out)
 
     one = fit("one", "--trainer.devices=1", "--model.micro_batch_size=4")
-    split = fit("split", "--trainer.strategy=ddp", "--trainer.devices=2", "--data.processes_per_group=2", "--model.micro_batch_size=2")
+    split = fit(
+        "split",
+        "--trainer.strategy=ddp",
+        "--trainer.devices=2",
+        "--data.processes_per_group=2",
+        "--model.micro_batch_size=2",
+    )
     for role, value in one["end"].items():
         assert not torch.equal(value, one["start"][role]), role  # every role trained
         assert torch.equal(split["start"][role], one["start"][role]), role

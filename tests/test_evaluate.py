@@ -9,11 +9,18 @@ import pytest
 import torch
 from torchvision.io import read_image
 
-from tdmr1_lightning import evaluate
+from tdmr1_lightning import evaluation
 from tdmr1_lightning.backbones.base import GENERATOR_EMA, TEACHER
 from tdmr1_lightning.cli import build_cli
-from tdmr1_lightning.evaluate import (
-    EvaluationError, format_table, images_per_prompt_by_tag, main, mean_and_se, sample_images, sample_noise, summarise,
+from tdmr1_lightning.evaluation import (
+    EvaluationError,
+    format_table,
+    images_per_prompt_by_tag,
+    main,
+    mean_and_se,
+    sample_images,
+    sample_noise,
+    summarise,
     wilson_interval,
 )
 from tdmr1_lightning.schedule import step_boundaries
@@ -73,18 +80,38 @@ def fake_reward(tmp_path, monkeypatch):
 
 def base_args(tiny_sd3_path, prompts, *extra):
     return [
-        "--config", CONFIG, "--prompts", str(prompts), "--no-progress",
-        "--override", f"--model.backbone.init_args.directory={tiny_sd3_path}", *extra,
+        "--config",
+        CONFIG,
+        "--prompts",
+        str(prompts),
+        "--no-progress",
+        "--override",
+        f"--model.backbone.init_args.directory={tiny_sd3_path}",
+        *extra,
     ]
 
 
-def tiny_cli(tmp_path, tiny_sd3_path, *extra):
-    return build_cli([
-        "--config", CONFIG, f"--model.backbone.init_args.directory={tiny_sd3_path}",
-        f"--data.train_prompts={ROOT / 'configs/prompts/tiny_train.txt'}", "--data.val_prompts=null",
-        f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false", "--trainer.limit_val_batches=0",
-        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", *extra,
-    ], run=False)
+@pytest.fixture
+def tiny_cli(tiny_sd3_path, quiet_trainer):
+    """`build(root, *extra)`: the CLI of a quiet tiny `tdmr1 fit` in `root` without a logger (not run)."""
+
+    def build(root, *extra):
+        return build_cli(
+            [
+                "--config",
+                CONFIG,
+                f"--model.backbone.init_args.directory={tiny_sd3_path}",
+                f"--data.train_prompts={ROOT / 'configs/prompts/tiny_train.txt'}",
+                "--data.val_prompts=null",
+                f"--trainer.default_root_dir={root}",
+                "--trainer.logger=false",
+                *quiet_trainer,
+                *extra,
+            ],
+            run=False,
+        )
+
+    return build
 
 
 def table_rows(table: str) -> list[list[str]]:
@@ -100,7 +127,10 @@ def read_pngs(out: Path) -> dict[str, torch.Tensor]:
 
 def test_generator_ema_writes_table_results_and_images(tmp_path, tiny_sd3_path, prompts, capsys):
     out = tmp_path / "out"
-    assert main(base_args(tiny_sd3_path, prompts, "--images-per-prompt", "2", "--out", str(out), "--save-images", "each")) == 0
+    assert (
+        main(base_args(tiny_sd3_path, prompts, "--images-per-prompt", "2", "--out", str(out), "--save-images", "each"))
+        == 0
+    )
     printed = capsys.readouterr().out
     table = (out / "table.md").read_text()
     assert table.strip() in printed
@@ -135,17 +165,36 @@ def test_generator_ema_writes_table_results_and_images(tmp_path, tiny_sd3_path, 
 
 def test_teacher_at_n_steps_with_guidance(tmp_path, tiny_sd3_path, prompts, capsys):
     out = tmp_path / "out"
-    args = ["--role", "teacher", "--steps", "2", "--guidance", "3", "--out", str(out), "--save-images", "grid", "--seed", "7"]
+    args = [
+        "--role",
+        "teacher",
+        "--steps",
+        "2",
+        "--guidance",
+        "3",
+        "--out",
+        str(out),
+        "--save-images",
+        "grid",
+        "--seed",
+        "7",
+    ]
     assert main(base_args(tiny_sd3_path, prompts, *args)) == 0
     results = json.loads((out / "results.json").read_text())
-    assert (results["role"], results["steps"], results["guidance"], results["seed"], results["num_samples"]) == (TEACHER, 2, 3.0, 7, 3)
+    assert (results["role"], results["steps"], results["guidance"], results["seed"], results["num_samples"]) == (
+        TEACHER,
+        2,
+        3.0,
+        7,
+        3,
+    )
     assert "**teacher**, 2 steps, guidance 3" in capsys.readouterr().out
     assert read_image(str(out / "grid.png")).shape[0] == 3
 
     # the default guidance is the config's guidance_scale, the default steps TEACHER_DEFAULT_STEPS
     assert main(base_args(tiny_sd3_path, prompts, "--role", "teacher", "--limit", "1", "--out", str(out))) == 0
     results = json.loads((out / "results.json").read_text())
-    assert (results["steps"], results["guidance"], results["num_samples"]) == (evaluate.TEACHER_DEFAULT_STEPS, 4.5, 1)
+    assert (results["steps"], results["guidance"], results["num_samples"]) == (evaluation.TEACHER_DEFAULT_STEPS, 4.5, 1)
 
     # the single counting prompt is sampled 3 times, the two single_object prompts twice each
     assert main(base_args(tiny_sd3_path, prompts, "--steps", "1", "--min-samples-per-tag", "3", "--out", str(out))) == 0
@@ -157,28 +206,51 @@ def test_teacher_at_n_steps_with_guidance(tmp_path, tiny_sd3_path, prompts, caps
 def test_fake_geneval_reward_gives_accuracy_columns(tmp_path, tiny_sd3_path, prompts, fake_reward, capsys):
     out = tmp_path / "out"
     rewards = f"[{{class_path: {fake_reward}}}, {{name: jpeg_compressibility, weight: 0.5}}]"
-    assert main(base_args(tiny_sd3_path, prompts, "--rewards", rewards, "--images-per-prompt", "2", "--out", str(out))) == 0
+    assert (
+        main(base_args(tiny_sd3_path, prompts, "--rewards", rewards, "--images-per-prompt", "2", "--out", str(out)))
+        == 0
+    )
     results = json.loads((out / "results.json").read_text())
     fake = results["summary"]["rewards"]["FakeGenEval"]
     acc = fake["accuracy"]
     # single_object: the cat right twice, the dog wrong twice; counting: both samples invalid
     assert acc["per_tag"]["single_object"] == {
-        "n": 4, "correct": 2, "fraction": 0.5, "ci95": pytest.approx(list(wilson_interval(2, 4)))}
+        "n": 4,
+        "correct": 2,
+        "fraction": 0.5,
+        "ci95": pytest.approx(list(wilson_interval(2, 4))),
+    }
     assert acc["per_tag"]["counting"]["n"] == 0 and acc["per_tag"]["counting"]["fraction"] is None
     assert acc["overall"]["value"] == 0.5 and acc["overall"]["num_images"] == {"single_object": 4}
-    assert fake["per_tag"]["counting"]["valid"] == 0 and fake["overall"] == {"n": 6, "valid": 4, "mean": 0.25, "se": pytest.approx(0.5 / math.sqrt(12))}
-    assert results["rewards"][0] == {"class_path": fake_reward} and results["summary"]["rewards"]["jpeg_compressibility"]["weight"] == 0.5
+    assert fake["per_tag"]["counting"]["valid"] == 0 and fake["overall"] == {
+        "n": 6,
+        "valid": 4,
+        "mean": 0.25,
+        "se": pytest.approx(0.5 / math.sqrt(12)),
+    }
+    assert (
+        results["rewards"][0] == {"class_path": fake_reward}
+        and results["summary"]["rewards"]["jpeg_compressibility"]["weight"] == 0.5
+    )
 
     rows = table_rows(capsys.readouterr().out)
     assert rows[0] == ["metric", "Single Obj.", "Counting", "Overall"]
     labels = [r[0] for r in rows[2:]]
-    assert labels == ["samples", "FakeGenEval accuracy", "FakeGenEval score", "FakeGenEval valid", "jpeg_compressibility score"]
+    assert labels == [
+        "samples",
+        "FakeGenEval accuracy",
+        "FakeGenEval score",
+        "FakeGenEval valid",
+        "jpeg_compressibility score",
+    ]
     assert rows[3] == ["FakeGenEval accuracy", "0.500 [0.150, 0.850]", "–", "0.500 [0.150, 0.850]"]
     assert rows[5] == ["FakeGenEval valid", "4/4", "0/2", "4/6"]
     lines = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert [s["correct"]["FakeGenEval"] for s in lines] == [True, True, False, False, None, None]
     # the reward's reasons reach each line (None where invalid); jpeg gives none, so it has no entry
-    assert [s["reasons"] for s in lines] == [{"FakeGenEval": r} for r in ["", "", "no single_object", "no single_object", None, None]]
+    assert [s["reasons"] for s in lines] == [
+        {"FakeGenEval": r} for r in ["", "", "no single_object", "no single_object", None, None]
+    ]
 
 
 def test_geneval_overall_is_the_mean_over_tags():
@@ -222,8 +294,8 @@ def test_small_tags_get_more_samples_per_prompt():
 # ------------------------------------------------------------------------------------------ sampling and checkpoints
 
 
-def test_sampler_matches_generate_and_ignores_batch_size(tmp_path, tiny_sd3_path):
-    module = tiny_cli(tmp_path, tiny_sd3_path).model
+def test_sampler_matches_generate_and_ignores_batch_size(tmp_path, tiny_cli):
+    module = tiny_cli(tmp_path).model
     module.configure_model()
     with torch.no_grad():  # a generator that differs from the teacher
         for p in module.backbone.roles.parameters_of(GENERATOR_EMA):
@@ -236,17 +308,25 @@ def test_sampler_matches_generate_and_ignores_batch_size(tmp_path, tiny_sd3_path
         assert torch.equal(sample_images(module, prompts, noise, role, K), module.generate(prompts, role, seed=3))
     noise = torch.stack([sample_noise(module.backbone.latent_shape, 0, p, 0) for p in range(3)])
     together = sample_images(module, prompts, noise, TEACHER, step_boundaries(2, 3.0), 4.5)
-    alone = torch.cat([sample_images(module, prompts[i:i + 1], noise[i:i + 1], TEACHER, step_boundaries(2, 3.0), 4.5) for i in range(3)])
+    alone = torch.cat(
+        [
+            sample_images(module, prompts[i : i + 1], noise[i : i + 1], TEACHER, step_boundaries(2, 3.0), 4.5)
+            for i in range(3)
+        ]
+    )
     assert (together.int() - alone.int()).abs().max() <= 1
     assert not torch.equal(together, sample_images(module, prompts, noise, TEACHER, step_boundaries(2, 3.0), 1.0))
 
 
-def test_checkpoint_of_a_short_fit_is_loaded(tmp_path, tiny_sd3_path, prompts):
-    fit = tiny_cli(tmp_path / "fit", tiny_sd3_path, "--trainer.max_steps=2")
+def test_checkpoint_of_a_short_fit_is_loaded(tmp_path, tiny_sd3_path, tiny_cli, prompts):
+    fit = tiny_cli(tmp_path / "fit", "--trainer.max_steps=2")
     fit.trainer.fit(fit.model, fit.datamodule)
     ckpt = next((tmp_path / "fit").rglob("last.ckpt"))
     out_loaded, out_fresh = tmp_path / "loaded", tmp_path / "fresh"
-    assert main(base_args(tiny_sd3_path, prompts, "--ckpt", str(ckpt), "--out", str(out_loaded), "--save-images", "each")) == 0
+    assert (
+        main(base_args(tiny_sd3_path, prompts, "--ckpt", str(ckpt), "--out", str(out_loaded), "--save-images", "each"))
+        == 0
+    )
     assert main(base_args(tiny_sd3_path, prompts, "--out", str(out_fresh), "--save-images", "each")) == 0
     loaded, fresh = read_pngs(out_loaded), read_pngs(out_fresh)
     assert loaded.keys() == fresh.keys() and any(not torch.equal(loaded[k], fresh[k]) for k in loaded)
@@ -270,23 +350,26 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path, tiny_sd3_path, promp
 # ------------------------------------------------------------------------------------------ errors before models load
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--prompts", "nope.txt"], "prompt file does not exist"),
-    (["--role", "student"], "invalid choice: 'student'"),
-    (["--steps", "0"], "expected an integer >= 1"),
-    (["--steps", "two"], "expected an integer >= 1"),
-    (["--guidance", "-1"], "expected a finite number >= 0"),
-    (["--guidance", "nan"], "expected a finite number >= 0"),
-    (["--guidance", "4.5"], "--guidance applies to --role teacher"),
-    (["--ckpt", "missing.ckpt"], "--ckpt missing.ckpt: no such file"),
-    (["--config", "missing.yaml"], "--config missing.yaml: no such file"),
-    (["--images-per-prompt", "0"], "expected an integer >= 1"),
-    (["--rewards", "[{name: no_such_reward}]"], "unknown reward 'no_such_reward'"),
-    (["--rewards", "[{name: jpeg_compressibility, init_args: {size: 3}}]"], "bad init_args"),
-    (["--rewards", "[a, : b"], "not valid YAML"),
-    (["--save-images", "each"], "needs --out"),
-    (["--device", "tpu"], "--device must be"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--prompts", "nope.txt"], "prompt file does not exist"),
+        (["--role", "student"], "invalid choice: 'student'"),
+        (["--steps", "0"], "expected an integer >= 1"),
+        (["--steps", "two"], "expected an integer >= 1"),
+        (["--guidance", "-1"], "expected a finite number >= 0"),
+        (["--guidance", "nan"], "expected a finite number >= 0"),
+        (["--guidance", "4.5"], "--guidance applies to --role teacher"),
+        (["--ckpt", "missing.ckpt"], "--ckpt missing.ckpt: no such file"),
+        (["--config", "missing.yaml"], "--config missing.yaml: no such file"),
+        (["--images-per-prompt", "0"], "expected an integer >= 1"),
+        (["--rewards", "[{name: no_such_reward}]"], "unknown reward 'no_such_reward'"),
+        (["--rewards", "[{name: jpeg_compressibility, init_args: {size: 3}}]"], "bad init_args"),
+        (["--rewards", "[a, : b"], "not valid YAML"),
+        (["--save-images", "each"], "needs --out"),
+        (["--device", "tpu"], "--device must be"),
+    ],
+)
 def test_bad_arguments_fail_before_any_model_is_built(tiny_sd3_path, prompts, monkeypatch, capsys, extra, message):
     def no_build(*args, **kwargs):
         raise AssertionError("the model was built")
@@ -301,7 +384,9 @@ def test_bad_arguments_fail_before_any_model_is_built(tiny_sd3_path, prompts, mo
 def test_prompts_a_reward_refuses_fail_before_weights_load(tmp_path, tiny_sd3_path, fake_reward, monkeypatch, capsys):
     plain = tmp_path / "plain.txt"
     plain.write_text("a red circle\n")
-    monkeypatch.setattr("tdmr1_lightning.module.TDMR1Module.configure_model", lambda self: pytest.fail("weights loaded"))
+    monkeypatch.setattr(
+        "tdmr1_lightning.module.TDMR1Module.configure_model", lambda self: pytest.fail("weights loaded")
+    )
     with pytest.raises(SystemExit):
         main(base_args(tiny_sd3_path, plain, "--rewards", f"[{{class_path: {fake_reward}}}]"))
     assert "prompt 'a red circle': missing field 'ok'" in capsys.readouterr().err
@@ -313,7 +398,11 @@ def test_passthrough_and_set_reach_the_config_parser(tmp_path, tiny_sd3_path, pr
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     assert (results["steps"], results["shift"]) == (2, 1.0)
-    assert results["overrides"] == ["--model.num_steps=2", f"--model.backbone.init_args.directory={tiny_sd3_path}", "--model.shift=1.0"]
+    assert results["overrides"] == [
+        "--model.num_steps=2",
+        f"--model.backbone.init_args.directory={tiny_sd3_path}",
+        "--model.shift=1.0",
+    ]
 
 
 def test_help_documents_the_choices(capsys):
@@ -325,30 +414,45 @@ def test_help_documents_the_choices(capsys):
 
 
 def test_evaluation_error_without_a_parser(tmp_path, prompts):
-    options = evaluate.build_parser().parse_args(["--config", CONFIG, "--prompts", str(prompts), "--ckpt", "nope"])
+    options = evaluation.build_parser().parse_args(["--config", CONFIG, "--prompts", str(prompts), "--ckpt", "nope"])
     with pytest.raises(EvaluationError, match="no such file"):
-        evaluate.run(options)
+        evaluation.run(options)
 
 
 # ------------------------------------------------------------------------------------------ EvaluateOnFit
 
 
-def test_evaluate_on_fit_compares_start_end_and_teacher(tmp_path, tiny_sd3_path, prompts, fake_reward, capsys):
-    from tdmr1_lightning.evaluate import EvaluateOnFit
+def test_evaluate_on_fit_compares_start_end_and_teacher(tmp_path, tiny_cli, prompts, fake_reward, capsys):
+    from tdmr1_lightning.evaluation import EvaluateOnFit
 
     rewards = [{"class_path": fake_reward}, {"name": "jpeg_compressibility"}]
-    callback = EvaluateOnFit(str(prompts), rewards=rewards, teacher_steps=3, images_per_prompt=2,
-                             min_samples_per_tag=3, out_dir=str(tmp_path / "eval"))
-    fit = tiny_cli(tmp_path / "fit", tiny_sd3_path, "--trainer.max_steps=2")
+    callback = EvaluateOnFit(
+        str(prompts),
+        rewards=rewards,
+        teacher_steps=3,
+        images_per_prompt=2,
+        min_samples_per_tag=3,
+        out_dir=str(tmp_path / "eval"),
+    )
+    fit = tiny_cli(tmp_path / "fit", "--trainer.max_steps=2")
     fit.trainer.callbacks.append(callback)
     fit.trainer.fit(fit.model, fit.datamodule)
     printed = capsys.readouterr().out
     table = (tmp_path / "eval" / "table.md").read_text()
     assert table.strip() in printed
     rows = table_rows(table)
-    assert rows[0] == ["model", "Single Obj.", "Counting", "FakeGenEval Overall [95% CI]", "jpeg_compressibility (mean ± se)"]
-    assert [r[0] for r in rows[2:]] == ["generator at start (step 0)", "generator after training (step 2)",
-                                        "teacher, 3 steps, guidance 4.5"]
+    assert rows[0] == [
+        "model",
+        "Single Obj.",
+        "Counting",
+        "FakeGenEval Overall [95% CI]",
+        "jpeg_compressibility (mean ± se)",
+    ]
+    assert [r[0] for r in rows[2:]] == [
+        "generator at start (step 0)",
+        "generator after training (step 2)",
+        "teacher, 3 steps, guidance 4.5",
+    ]
     # the fake reward's `correct` is the prompt's `ok`: single 1 of 2 prompts, counting invalid
     assert all(r[1] == "0.500" and r[2] == "–" for r in rows[2:])
     results = json.loads((tmp_path / "eval" / "results.json").read_text())["rows"]
@@ -356,19 +460,23 @@ def test_evaluate_on_fit_compares_start_end_and_teacher(tmp_path, tiny_sd3_path,
     assert (start["steps"], end["global_step"], results["teacher, 3 steps, guidance 4.5"]["steps"]) == (4, 2, 3)
     assert start["summary"]["num_samples"] == {"single_object": 4, "counting": 3, "overall": 7}  # min_samples_per_tag
     # the generator changed in training, so the JPEG score of the same noise changed
-    assert start["summary"]["rewards"]["jpeg_compressibility"]["overall"]["mean"] != \
-        end["summary"]["rewards"]["jpeg_compressibility"]["overall"]["mean"]
+    assert (
+        start["summary"]["rewards"]["jpeg_compressibility"]["overall"]["mean"]
+        != end["summary"]["rewards"]["jpeg_compressibility"]["overall"]["mean"]
+    )
 
 
-def test_two_named_evaluations_keep_apart(tmp_path, tiny_sd3_path, prompts, fake_reward, capsys):
-    from tdmr1_lightning.evaluate import EvaluateOnFit
+def test_two_named_evaluations_keep_apart(tmp_path, tiny_cli, prompts, fake_reward, capsys):
+    from tdmr1_lightning.evaluation import EvaluateOnFit
 
     with pytest.raises(ValueError, match="plain folder name"):
         EvaluateOnFit(str(prompts), name="a/b")
     rewards = [{"class_path": fake_reward}]
-    callbacks = [EvaluateOnFit(str(prompts), rewards=rewards, teacher_steps=None, limit=limit, name=name)
-                 for name, limit in (("held_out", 1), ("seen", 2))]
-    fit = tiny_cli(tmp_path / "fit", tiny_sd3_path, "--trainer.max_steps=1")
+    callbacks = [
+        EvaluateOnFit(str(prompts), rewards=rewards, teacher_steps=None, limit=limit, name=name)
+        for name, limit in (("held_out", 1), ("seen", 2))
+    ]
+    fit = tiny_cli(tmp_path / "fit", "--trainer.max_steps=1")
     fit.trainer.callbacks.extend(callbacks)
     fit.trainer.fit(fit.model, fit.datamodule)
     printed = capsys.readouterr().out
@@ -379,16 +487,16 @@ def test_two_named_evaluations_keep_apart(tmp_path, tiny_sd3_path, prompts, fake
         assert results["rows"]["generator at start (step 0)"]["summary"]["num_samples"]["overall"] == n
 
 
-def test_evaluate_on_fit_refuses_bad_prompts_before_training(tmp_path, tiny_sd3_path, fake_reward):
+def test_evaluate_on_fit_refuses_bad_prompts_before_training(tmp_path, tiny_cli, fake_reward):
     from tdmr1_lightning.data import PromptFileError
-    from tdmr1_lightning.evaluate import EvaluateOnFit
+    from tdmr1_lightning.evaluation import EvaluateOnFit
 
     with pytest.raises(PromptFileError):
         EvaluateOnFit(str(tmp_path / "missing.jsonl"))
     path = tmp_path / "no_ok.jsonl"
     path.write_text(json.dumps({"prompt": "a photo of a cat", "tag": "single_object"}) + "\n")
     callback = EvaluateOnFit(str(path), rewards=[{"class_path": fake_reward}])
-    fit = tiny_cli(tmp_path / "fit", tiny_sd3_path, "--trainer.max_steps=1")
+    fit = tiny_cli(tmp_path / "fit", "--trainer.max_steps=1")
     fit.trainer.callbacks.append(callback)
     with pytest.raises(EvaluationError, match=r"no_ok.jsonl.*missing field 'ok'"):
         fit.trainer.fit(fit.model, fit.datamodule)

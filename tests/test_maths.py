@@ -106,7 +106,13 @@ def test_group_advantages_per_group_std_and_binarised():
     g = torch.tensor([0, 0, 1, 1])
     a = losses.group_advantages(r, torch.ones(4, dtype=torch.bool), g, None)
     assert torch.allclose(a, torch.tensor([-1.0, 1.0, -1.0, 1.0]), atol=1e-3)
-    b = losses.group_advantages(torch.tensor([0.0, 1.0, 1.0]), torch.ones(3, dtype=torch.bool), torch.zeros(3, dtype=torch.long), None, binarize=True)
+    b = losses.group_advantages(
+        torch.tensor([0.0, 1.0, 1.0]),
+        torch.ones(3, dtype=torch.bool),
+        torch.zeros(3, dtype=torch.long),
+        None,
+        binarize=True,
+    )
     sign = torch.tensor([-1.0, 1.0, 1.0])
     assert torch.allclose(b, sign - sign.mean())
 
@@ -117,7 +123,8 @@ def test_binarised_advantages_are_centred_per_group_with_sign_zero_positive():
     g = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
     valid = torch.tensor([True] * 9 + [False])
     a = losses.group_advantages(r, valid, g, losses.reward_std(r, valid), binarize=True)
-    # group 0: signs -1, +1 (the mean itself), +1; group 1 all at the mean: all +1, so 0; group 2 (valid 3, 7, 9): -1, +1, +1
+    # group 0: signs -1, +1 (the mean itself), +1; group 1 all at the mean: all +1, so 0;
+    # group 2 (valid 3, 7, 9): -1, +1, +1
     expected = torch.tensor([-1 - 1 / 3, 1 - 1 / 3, 1 - 1 / 3, 0.0, 0.0, 0.0, -1 - 1 / 3, 1 - 1 / 3, 1 - 1 / 3, 0.0])
     assert torch.allclose(a, expected, atol=1e-6)
 
@@ -184,7 +191,18 @@ def test_surrogate_loss_ppo_clip_detaches_exactly_the_right_samples():
     v_old = target + (v_r.detach() - target) * torch.sqrt((l + shift) / l)[:, None]
     # |log rho| = l / 2 for the shifted samples: a clip range below l / 4 holds whatever the draw
     clip_range = 0.25 * float(l.min())
-    out = losses.surrogate_loss(v_r, v_r.detach(), v_old, v_r.detach(), target, adv, torch.tensor([0, 0, 1, 1]), beta=1.0, clip_range=clip_range, lambda_kl=0.0)
+    out = losses.surrogate_loss(
+        v_r,
+        v_r.detach(),
+        v_old,
+        v_r.detach(),
+        target,
+        adv,
+        torch.tensor([0, 0, 1, 1]),
+        beta=1.0,
+        clip_range=clip_range,
+        lambda_kl=0.0,
+    )
     assert out.ppo_clipped.tolist() == [True, False, True, False]
     out.loss.backward()
     grad_norm = v_r.grad.norm(dim=1)
@@ -213,10 +231,22 @@ def test_surrogate_loss_trust_clip_and_group_weight():
 
 def test_surrogate_loss_gradient_lowers_l_for_positive_advantages():
     target, v_r = _surrogate_inputs(2)
-    out = losses.surrogate_loss(v_r, target * 0, v_r.detach(), v_r.detach(), target, torch.tensor([1.0, -1.0]), torch.tensor([0, 0]), beta=1.0, clip_range=1.0, lambda_kl=0.0, step_weight=0.5)
+    out = losses.surrogate_loss(
+        v_r,
+        target * 0,
+        v_r.detach(),
+        v_r.detach(),
+        target,
+        torch.tensor([1.0, -1.0]),
+        torch.tensor([0, 0]),
+        beta=1.0,
+        clip_range=1.0,
+        lambda_kl=0.0,
+        step_weight=0.5,
+    )
     out.loss.backward()
     # d l / d v_R = 2 (v_R - v*) / d; a positive advantage descends it, a negative one ascends it
-    direction = (v_r.detach() - target)
+    direction = v_r.detach() - target
     assert (v_r.grad[0] * direction[0]).sum() > 0
     assert (v_r.grad[1] * direction[1]).sum() < 0
 

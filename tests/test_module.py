@@ -20,14 +20,21 @@ def _in_repo_root(monkeypatch):
     monkeypatch.chdir(ROOT)  # the shipped configs name prompt files relative to the repository
 
 
-def tiny_args(tmp_path, tiny_sd3_path, *extra):
-    return [
-        "--config", "configs/tiny.yaml",
-        f"--model.backbone.init_args.directory={tiny_sd3_path}",
-        f"--trainer.default_root_dir={tmp_path}",
-        "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-        *extra,
-    ]
+@pytest.fixture
+def tiny_args(tiny_sd3_path, quiet_trainer):
+    """`build(root, *extra)`: `tdmr1 fit` arguments of a quiet tiny run in `root`, then `extra`."""
+
+    def build(root, *extra):
+        return [
+            "--config",
+            "configs/tiny.yaml",
+            f"--model.backbone.init_args.directory={tiny_sd3_path}",
+            f"--trainer.default_root_dir={root}",
+            *quiet_trainer,
+            *extra,
+        ]
+
+    return build
 
 
 class Snapshot(L.Callback):
@@ -38,7 +45,10 @@ class Snapshot(L.Callback):
 
     def on_fit_start(self, trainer, module):
         bb = module.backbone
-        self.roles = {r: [p.detach().clone() for p in bb.roles.parameters_of(r)] for r in [TEACHER, GENERATOR, FAKE, SURROGATE, GENERATOR_EMA, SURROGATE_OLD]}
+        self.roles = {
+            r: [p.detach().clone() for p in bb.roles.parameters_of(r)]
+            for r in [TEACHER, GENERATOR, FAKE, SURROGATE, GENERATOR_EMA, SURROGATE_OLD]
+        }
         self.frozen = [p.detach().clone() for p in [*bb.vae.parameters(), *bb.text_encoders.parameters()]]
 
     def on_train_batch_end(self, *args):
@@ -49,8 +59,8 @@ def _changed(before, after):
     return any(not torch.equal(a, b) for a, b in zip(before, after))
 
 
-def test_fit_two_epochs_trains_the_roles_and_not_the_teacher(tmp_path, tiny_sd3_path):
-    cli = build_cli(tiny_args(tmp_path, tiny_sd3_path, "--trainer.max_epochs=2", "--trainer.max_steps=-1"), run=False)
+def test_fit_two_epochs_trains_the_roles_and_not_the_teacher(tmp_path, tiny_args):
+    cli = build_cli(tiny_args(tmp_path, "--trainer.max_epochs=2", "--trainer.max_steps=-1"), run=False)
     snap = Snapshot()
     cli.trainer.callbacks.append(snap)
     cli.trainer.fit(cli.model, cli.datamodule)
@@ -60,9 +70,19 @@ def test_fit_two_epochs_trains_the_roles_and_not_the_teacher(tmp_path, tiny_sd3_
     for role in [GENERATOR, FAKE, SURROGATE, GENERATOR_EMA, SURROGATE_OLD]:
         assert _changed(snap.roles[role], bb.roles.parameters_of(role)), f"{role} did not change"
     assert not _changed(snap.roles[TEACHER], bb.roles.parameters_of(TEACHER)), "the teacher changed"
-    assert not _changed(snap.frozen, [*bb.vae.parameters(), *bb.text_encoders.parameters()]), "VAE / text encoders changed"
+    assert not _changed(snap.frozen, [*bb.vae.parameters(), *bb.text_encoders.parameters()]), (
+        "VAE / text encoders changed"
+    )
     metrics = cli.trainer.logged_metrics
-    for key in ["loss/fake", "loss/surrogate", "loss/generator", "reward/mean", "advantage/abs_mean", "surrogate/kl", "grad_norm/generator"]:
+    for key in [
+        "loss/fake",
+        "loss/surrogate",
+        "loss/generator",
+        "reward/mean",
+        "advantage/abs_mean",
+        "surrogate/kl",
+        "grad_norm/generator",
+    ]:
         assert key in metrics and torch.isfinite(metrics[key]), key
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -75,7 +95,7 @@ def test_fit_two_epochs_trains_the_roles_and_not_the_teacher(tmp_path, tiny_sd3_
     ckpt = next(Path(tmp_path).rglob("last.ckpt"))
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     assert state and all(".lora_" in k for k in state)
-    fresh = build_cli(tiny_args(tmp_path / "again", tiny_sd3_path), run=False).model
+    fresh = build_cli(tiny_args(tmp_path / "again"), run=False).model
     fresh.configure_model()
     fresh.load_state_dict(state, strict=False)
     for role in [GENERATOR, GENERATOR_EMA, SURROGATE]:
@@ -83,11 +103,17 @@ def test_fit_two_epochs_trains_the_roles_and_not_the_teacher(tmp_path, tiny_sd3_
 
 
 @pytest.mark.parametrize("updates_per_step,steps,global_step", [(1, 3, 3), (2, 2, 4)])
-def test_max_steps_counts_generator_updates(tmp_path, tiny_sd3_path, updates_per_step, steps, global_step):
-    cli = build_cli(tiny_args(
-        tmp_path, tiny_sd3_path, "--trainer.max_steps=3", f"--model.updates_per_step={updates_per_step}",
-        "--model.micro_batch_size=4", "--data.prompts_per_step=2",
-    ), run=False)
+def test_max_steps_counts_generator_updates(tmp_path, tiny_args, updates_per_step, steps, global_step):
+    cli = build_cli(
+        tiny_args(
+            tmp_path,
+            "--trainer.max_steps=3",
+            f"--model.updates_per_step={updates_per_step}",
+            "--model.micro_batch_size=4",
+            "--data.prompts_per_step=2",
+        ),
+        run=False,
+    )
     snap = Snapshot()
     cli.trainer.callbacks.append(snap)
     cli.trainer.fit(cli.model, cli.datamodule)
@@ -95,14 +121,14 @@ def test_max_steps_counts_generator_updates(tmp_path, tiny_sd3_path, updates_per
     assert (snap.steps, cli.trainer.global_step) == (steps, global_step)
 
 
-def test_plain_tdm_mode_has_no_surrogate(tmp_path, tiny_sd3_path):
-    cli = build_cli(tiny_args(tmp_path, tiny_sd3_path, "--trainer.max_steps=1", "--model.rewards=null"), run=False)
+def test_plain_tdm_mode_has_no_surrogate(tmp_path, tiny_args):
+    cli = build_cli(tiny_args(tmp_path, "--trainer.max_steps=1", "--model.rewards=null"), run=False)
     cli.trainer.fit(cli.model, cli.datamodule)
     assert SURROGATE not in cli.model.backbone.roles.roles
     assert "loss/surrogate" not in cli.trainer.logged_metrics and "loss/generator" in cli.trainer.logged_metrics
 
 
-def test_non_finite_loss_skips_then_stops(tmp_path, tiny_sd3_path, monkeypatch):
+def test_non_finite_loss_skips_then_stops(tmp_path, tiny_args, monkeypatch):
     real = losses.fake_score_loss
     calls = {"n": 0}
 
@@ -112,7 +138,7 @@ def test_non_finite_loss_skips_then_stops(tmp_path, tiny_sd3_path, monkeypatch):
         return value * float("nan") if calls["n"] == 1 else value
 
     monkeypatch.setattr(losses, "fake_score_loss", once_nan)
-    cli = build_cli(tiny_args(tmp_path, tiny_sd3_path, "--trainer.max_steps=1"), run=False)
+    cli = build_cli(tiny_args(tmp_path, "--trainer.max_steps=1"), run=False)
     snap = Snapshot()
     cli.trainer.callbacks.append(snap)
     with pytest.warns(RuntimeWarning, match="non-finite fake loss"):
@@ -120,7 +146,7 @@ def test_non_finite_loss_skips_then_stops(tmp_path, tiny_sd3_path, monkeypatch):
     assert snap.steps == 2 and cli.trainer.global_step == 1  # the first step was skipped, not stepped
 
     monkeypatch.setattr(losses, "fake_score_loss", lambda *a, **k: real(*a, **k) * float("nan"))
-    cli = build_cli(tiny_args(tmp_path / "b", tiny_sd3_path, "--trainer.max_steps=5", "--model.max_nonfinite_steps=2"), run=False)
+    cli = build_cli(tiny_args(tmp_path / "b", "--trainer.max_steps=5", "--model.max_nonfinite_steps=2"), run=False)
     with pytest.warns(RuntimeWarning), pytest.raises(NonFiniteLossError, match=r"2 step\(s\) in a row"):
         cli.trainer.fit(cli.model, cli.datamodule)
 
@@ -132,10 +158,10 @@ def test_non_finite_loss_skips_then_stops(tmp_path, tiny_sd3_path, monkeypatch):
     [(4, 4), (2, 6)],
     ids=["end_of_epoch", "mid_epoch"],
 )
-def test_resume_from_a_checkpoint_continues_exactly(tmp_path, tiny_sd3_path, prompts_per_step, max_steps):
+def test_resume_from_a_checkpoint_continues_exactly(tmp_path, tiny_args, prompts_per_step, max_steps):
     def cli(name, steps):
         args = ("--trainer.logger=false", f"--data.prompts_per_step={prompts_per_step}", f"--trainer.max_steps={steps}")
-        return build_cli(tiny_args(tmp_path / name, tiny_sd3_path, *args), run=False)
+        return build_cli(tiny_args(tmp_path / name, *args), run=False)
 
     straight = cli("straight", max_steps)
     straight.trainer.fit(straight.model, straight.datamodule)
@@ -152,36 +178,48 @@ def test_resume_from_a_checkpoint_continues_exactly(tmp_path, tiny_sd3_path, pro
         assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a, b)), role
 
 
-def test_one_seed_varies_the_whole_run(tmp_path, tiny_sd3_path, monkeypatch):
+def test_one_seed_varies_the_whole_run(tmp_path, tiny_args, monkeypatch):
     monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)  # restored after the test
     # --seed_everything alone sets the rollout noise and the prompt shuffling; with a logger, Lightning merges
     # the module's and the datamodule's hyperparameters, which must not share a key with different values
-    cli = build_cli(tiny_args(tmp_path / "a", tiny_sd3_path, "--seed_everything=3", "--trainer.max_steps=1"), run=False)
+    cli = build_cli(tiny_args(tmp_path / "a", "--seed_everything=3", "--trainer.max_steps=1"), run=False)
     assert cli.model.hparams.noise_seed == 3 and cli.datamodule.hparams.shuffle_seed == 3
     cli.trainer.fit(cli.model, cli.datamodule)
-    cli = build_cli(tiny_args(tmp_path / "b", tiny_sd3_path, "--seed_everything=3", "--model.noise_seed=5",
-                              "--trainer.max_steps=1"), run=False)
+    cli = build_cli(
+        tiny_args(tmp_path / "b", "--seed_everything=3", "--model.noise_seed=5", "--trainer.max_steps=1"),
+        run=False,
+    )
     assert cli.model.hparams.noise_seed == 5 and cli.datamodule.hparams.shuffle_seed == 3
     cli.trainer.fit(cli.model, cli.datamodule)
     saved = torch.load(next((tmp_path / "b").rglob("*.ckpt")), weights_only=False)["hyper_parameters"]
     assert saved["noise_seed"] == 5  # the resolved seed is recorded
 
 
-def test_predict_returns_generator_ema_images(tmp_path, tiny_sd3_path):
-    cli = build_cli(tiny_args(tmp_path, tiny_sd3_path, "--trainer.logger=false"), run=False)
+def test_predict_returns_generator_ema_images(tmp_path, tiny_args):
+    cli = build_cli(tiny_args(tmp_path, "--trainer.logger=false"), run=False)
     batches = cli.trainer.predict(cli.model, datamodule=cli.datamodule)
     images = torch.cat(batches)
     assert images.dtype == torch.uint8 and images.shape == (4, 3, 32, 32)
 
 
 def _role_params(cli):
-    return {r: [p.detach().clone() for p in cli.model.backbone.roles.parameters_of(r)] for r in [GENERATOR, FAKE, SURROGATE]}
+    return {
+        r: [p.detach().clone() for p in cli.model.backbone.roles.parameters_of(r)] for r in [GENERATOR, FAKE, SURROGATE]
+    }
 
 
-def test_scoring_in_the_background_changes_nothing(tmp_path, tiny_sd3_path):
+def test_scoring_in_the_background_changes_nothing(tmp_path, tiny_args):
     results = {}
     for overlap in ("false", "true", "process"):
-        cli = build_cli(tiny_args(tmp_path / overlap, tiny_sd3_path, "--trainer.logger=false", "--trainer.max_steps=2", f"--model.overlap_rewards={overlap}"), run=False)
+        cli = build_cli(
+            tiny_args(
+                tmp_path / overlap,
+                "--trainer.logger=false",
+                "--trainer.max_steps=2",
+                f"--model.overlap_rewards={overlap}",
+            ),
+            run=False,
+        )
         cli.trainer.fit(cli.model, cli.datamodule)
         results[overlap] = _role_params(cli)
         metrics = cli.trainer.logged_metrics
@@ -189,52 +227,98 @@ def test_scoring_in_the_background_changes_nothing(tmp_path, tiny_sd3_path):
         assert not cli.model.scorer.active  # the thread or worker process is shut down at the end
     for overlap in ("true", "process"):
         for role in results["false"]:
-            assert all(torch.equal(a, b) for a, b in zip(results["false"][role], results[overlap][role])), (overlap, role)
+            assert all(torch.equal(a, b) for a, b in zip(results["false"][role], results[overlap][role])), (
+                overlap,
+                role,
+            )
 
 
-def test_two_rewards_combined_by_advantages(tmp_path, tiny_sd3_path):
-    rewards = "[{name: jpeg_compressibility, weight: 0.5}, {name: jpeg_compressibility, init_args: {quality: 50}, weight: 2.0}]"
-    cli = build_cli(tiny_args(tmp_path, tiny_sd3_path, "--trainer.max_steps=1", f"--model.rewards={rewards}", "--model.reward_combination=advantages"), run=False)
+def test_two_rewards_combined_by_advantages(tmp_path, tiny_args):
+    rewards = (
+        "[{name: jpeg_compressibility, weight: 0.5}, "
+        "{name: jpeg_compressibility, init_args: {quality: 50}, weight: 2.0}]"
+    )
+    cli = build_cli(
+        tiny_args(
+            tmp_path,
+            "--trainer.max_steps=1",
+            f"--model.rewards={rewards}",
+            "--model.reward_combination=advantages",
+        ),
+        run=False,
+    )
     cli.trainer.fit(cli.model, cli.datamodule)
     metrics = cli.trainer.logged_metrics
     assert "reward/jpeg_compressibility_0/mean" in metrics and "reward/jpeg_compressibility_1/mean" in metrics
     assert torch.isfinite(metrics["loss/surrogate"])
 
 
-def test_generator_and_fake_start_from_a_tdm_run_checkpoint(tmp_path, tiny_sd3_path):
-    first = build_cli(tiny_args(tmp_path / "tdm", tiny_sd3_path, "--trainer.logger=false", "--trainer.max_steps=2", "--model.rewards=null"), run=False)
+def test_generator_and_fake_start_from_a_tdm_run_checkpoint(tmp_path, tiny_args):
+    first = build_cli(
+        tiny_args(tmp_path / "tdm", "--trainer.logger=false", "--trainer.max_steps=2", "--model.rewards=null"),
+        run=False,
+    )
     first.trainer.fit(first.model, first.datamodule)
     ckpt = next((tmp_path / "tdm").rglob("last.ckpt"))
-    second = build_cli(tiny_args(
-        tmp_path / "r1", tiny_sd3_path, f"--model.backbone.init_args.generator_checkpoint={ckpt}",
-        f"--model.backbone.init_args.fake_checkpoint={ckpt}",
-    ), run=False)
+    second = build_cli(
+        tiny_args(
+            tmp_path / "r1",
+            f"--model.backbone.init_args.generator_checkpoint={ckpt}",
+            f"--model.backbone.init_args.fake_checkpoint={ckpt}",
+        ),
+        run=False,
+    )
     second.model.configure_model()
     trained, roles = first.model.backbone.roles, second.model.backbone.roles
     for role in (GENERATOR, GENERATOR_EMA):
-        assert all(torch.equal(a, b) for a, b in zip(trained.parameters_of(GENERATOR_EMA), roles.parameters_of(role))), role
+        assert all(
+            torch.equal(a, b) for a, b in zip(trained.parameters_of(GENERATOR_EMA), roles.parameters_of(role))
+        ), role
     fake_b = [p for n, p in trained.base.named_parameters() if f".lora_B.{FAKE}." in n]
     assert fake_b and any(p.abs().sum() > 0 for p in fake_b)  # the fake score was trained ...
-    assert all(torch.equal(a, b) for a, b in zip(trained.parameters_of(FAKE), roles.parameters_of(FAKE)))  # ... and loaded
+    assert all(
+        torch.equal(a, b) for a, b in zip(trained.parameters_of(FAKE), roles.parameters_of(FAKE))
+    )  # ... and loaded
     # the checkpoint records its adapters' alpha: another one is refused before any model loads
     with pytest.raises(ValueError, match="trained with lora_alpha 8 but lora_alpha is 16: set lora_alpha: 8"):
-        build_cli(tiny_args(tmp_path / "r3", tiny_sd3_path, f"--model.backbone.init_args.generator_checkpoint={ckpt}",
-                            "--model.backbone.init_args.lora_alpha=16"), run=False)
+        build_cli(
+            tiny_args(
+                tmp_path / "r3",
+                f"--model.backbone.init_args.generator_checkpoint={ckpt}",
+                "--model.backbone.init_args.lora_alpha=16",
+            ),
+            run=False,
+        )
     # a checkpoint of this project without the role is refused, naming the key, the file and what it has
     no_fake = tmp_path / "no_fake.pt"
-    torch.save({k: v for k, v in torch.load(ckpt, weights_only=True)["state_dict"].items() if f".{FAKE}." not in k}, no_fake)
-    with pytest.raises(ValueError, match=r"fake_checkpoint: .*no_fake\.pt holds no 'fake' adapter \(it has generator, generator_ema\)"):
-        build_cli(tiny_args(tmp_path / "r2", tiny_sd3_path, f"--model.backbone.init_args.fake_checkpoint={no_fake}"), run=False)
+    torch.save(
+        {k: v for k, v in torch.load(ckpt, weights_only=True)["state_dict"].items() if f".{FAKE}." not in k}, no_fake
+    )
+    with pytest.raises(
+        ValueError, match=r"fake_checkpoint: .*no_fake\.pt holds no 'fake' adapter \(it has generator, generator_ema\)"
+    ):
+        build_cli(
+            tiny_args(tmp_path / "r2", f"--model.backbone.init_args.fake_checkpoint={no_fake}"),
+            run=False,
+        )
 
 
-def test_frozen_surrogate_stops_changing(tmp_path, tiny_sd3_path):
+def test_frozen_surrogate_stops_changing(tmp_path, tiny_args):
     seen = []
 
     class Watch(L.Callback):
         def on_train_batch_end(self, trainer, module, *args):
             seen.append([p.detach().clone() for p in module.backbone.roles.parameters_of(SURROGATE)])
 
-    cli = build_cli(tiny_args(tmp_path, tiny_sd3_path, "--trainer.logger=false", "--trainer.max_steps=3", "--model.freeze_surrogate_after=1"), run=False)
+    cli = build_cli(
+        tiny_args(
+            tmp_path,
+            "--trainer.logger=false",
+            "--trainer.max_steps=3",
+            "--model.freeze_surrogate_after=1",
+        ),
+        run=False,
+    )
     snap = Snapshot()
     cli.trainer.callbacks += [snap, Watch()]
     cli.trainer.fit(cli.model, cli.datamodule)

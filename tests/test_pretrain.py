@@ -25,8 +25,10 @@ def test_flow_matching_learns_and_exports(tmp_path):
     path = build_tiny_sd3(tmp_path / "pixel", resolution=16, pixel_space=True)
     module = FlowMatchingModule(
         PixelSD3Backbone(str(path), resolution=16, max_sequence_length=8),
-        optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3), null_prompt_probability=0.0,
-        log_images_every_n_steps=0, export_dir=str(tmp_path / "teacher"),
+        optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3),
+        null_prompt_probability=0.0,
+        log_images_every_n_steps=0,
+        export_dir=str(tmp_path / "teacher"),
     )
     losses = []
 
@@ -34,8 +36,15 @@ def test_flow_matching_learns_and_exports(tmp_path):
         def on_train_batch_end(self, trainer, pl_module, outputs, *args):
             losses.append(float(outputs["loss"]))
 
-    trainer = L.Trainer(max_steps=60, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path, callbacks=[Record()])
+    trainer = L.Trainer(
+        max_steps=60,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[Record()],
+    )
     trainer.fit(module, DataLoader(_batches(60), batch_size=None))
     assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
 
@@ -52,10 +61,14 @@ def test_flow_matching_learns_and_exports(tmp_path):
     x = torch.randn(2, 3, 16, 16)
     c = exported.encode_prompts(["red", "blue"])
     with torch.no_grad():
-        assert torch.allclose(exported.velocity(TEACHER, x, 0.5, c), module.backbone.velocity(TEACHER, x, 0.5, module.backbone.encode_prompts(["red", "blue"])), atol=1e-5)
+        assert torch.allclose(
+            exported.velocity(TEACHER, x, 0.5, c),
+            module.backbone.velocity(TEACHER, x, 0.5, module.backbone.encode_prompts(["red", "blue"])),
+            atol=1e-5,
+        )
 
 
-def test_export_from_a_checkpoint(tmp_path, monkeypatch):
+def test_export_from_a_checkpoint(tmp_path, quiet_trainer, monkeypatch):
     from pathlib import Path
 
     from tdmr1_lightning.cli import build_cli
@@ -63,10 +76,24 @@ def test_export_from_a_checkpoint(tmp_path, monkeypatch):
 
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(root)
-    overrides = [f"--model.init_args.backbone.init_args.directory={tmp_path / 'init'}", "--model.init_args.backbone.init_args.num_layers=1"]
-    cli = build_cli(["--config", "configs/shapes/teacher.yaml", *overrides, "--data.init_args.batch_size=4", "--trainer.max_steps=2",
-                     f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
-                     "--model.init_args.export_dir=null"], run=False)
+    overrides = [
+        f"--model.init_args.backbone.init_args.directory={tmp_path / 'init'}",
+        "--model.init_args.backbone.init_args.num_layers=1",
+    ]
+    cli = build_cli(
+        [
+            "--config",
+            "configs/shapes/teacher.yaml",
+            *overrides,
+            "--data.init_args.batch_size=4",
+            "--trainer.max_steps=2",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.logger=false",
+            *quiet_trainer,
+            "--model.init_args.export_dir=null",
+        ],
+        run=False,
+    )
     cli.trainer.fit(cli.model, cli.datamodule)
     ckpt = next(tmp_path.rglob("last.ckpt"))
     out = export_checkpoint("configs/shapes/teacher.yaml", str(ckpt), str(tmp_path / "exported"), overrides)
@@ -92,11 +119,18 @@ def test_training_resumes_from_a_checkpoint(tmp_path):
         torch.manual_seed(0)
         module = FlowMatchingModule(
             PixelSD3Backbone(str(path), resolution=16, max_sequence_length=8),
-            optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3), null_prompt_probability=0.0, log_images_every_n_steps=0,
+            optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3),
+            null_prompt_probability=0.0,
+            log_images_every_n_steps=0,
         )
         trainer = L.Trainer(
-            max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-            default_root_dir=tmp_path, callbacks=[EMAWeightAveraging(decay=0.9), ModelCheckpoint(tmp_path / "ckpt", save_last=True)],
+            max_steps=max_steps,
+            accelerator="cpu",
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+            callbacks=[EMAWeightAveraging(decay=0.9), ModelCheckpoint(tmp_path / "ckpt", save_last=True)],
         )
         trainer.fit(module, DataLoader(_batches(max_steps), batch_size=None), ckpt_path=ckpt_path)
         return trainer, module
@@ -109,7 +143,9 @@ def test_training_resumes_from_a_checkpoint(tmp_path):
     ema = next(c for c in trainer.callbacks if isinstance(c, EMAWeightAveraging))._average_model.module
     assert any(not torch.equal(v, saved["current_model_state"][k]) for k, v in saved["state_dict"].items())
     for k, v in saved["state_dict"].items():
-        assert torch.equal(ended.state_dict()[k], saved["current_model_state"][k]) and torch.equal(ema.state_dict()[k], v)
+        assert torch.equal(ended.state_dict()[k], saved["current_model_state"][k]) and torch.equal(
+            ema.state_dict()[k], v
+        )
     trainer, resumed = run(8, tmp_path / "ckpt" / "last.ckpt")
     assert trainer.global_step == 8
     after = resumed.backbone.roles.base.state_dict()

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tdmr1_rewards.jpeg import JPEGCompressibility
 
 from tdmr1_lightning import registry
 from tdmr1_lightning.cli import main
 from tdmr1_lightning.registry import RewardRegistryError, RewardSpec
-from tdmr1_lightning.reward import JPEGCompressibility, Reward, RewardOutput, WeightedRewards
+from tdmr1_lightning.reward import Reward, RewardOutput, WeightedRewards
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,14 +68,26 @@ def test_unknown_name_lists_the_installed_rewards(site):
 def test_two_distributions_registering_one_name(site):
     make_distribution(site, "plugin-a", "1.0", "plugin_a_mod", GOOD, {"shared": "plugin_a_mod:Const"})
     make_distribution(site, "plugin-b", "2.0", "plugin_b_mod", GOOD, {"shared": "plugin_b_mod:Const"})
-    with pytest.raises(RewardRegistryError, match=r"'shared' is registered by two distributions: plugin-[ab] .* and plugin-[ab]"):
+    with pytest.raises(
+        RewardRegistryError, match=r"'shared' is registered by two distributions: plugin-[ab] .* and plugin-[ab]"
+    ):
         RewardSpec(name="shared").build()
     assert "CONFLICT" in registry.format_reward_table()
 
 
 def test_plugin_failing_on_import_names_its_distribution(site):
-    make_distribution(site, "broken-plugin", "0.3", "broken_mod", "raise ImportError('needs libfoo')\n", {"broken": "broken_mod:Thing"})
-    with pytest.raises(RewardRegistryError, match=r"'broken' from distribution broken-plugin 0.3 .*failed to import: ImportError: needs libfoo"):
+    make_distribution(
+        site,
+        "broken-plugin",
+        "0.3",
+        "broken_mod",
+        "raise ImportError('needs libfoo')\n",
+        {"broken": "broken_mod:Thing"},
+    )
+    with pytest.raises(
+        RewardRegistryError,
+        match=r"'broken' from distribution broken-plugin 0.3 .*failed to import: ImportError: needs libfoo",
+    ):
         RewardSpec(name="broken").build()
     assert "cannot load" in registry.format_reward_table()  # listing still works
 
@@ -159,7 +172,9 @@ def test_lazy_load_happens_once_on_the_device():
 
 def test_weighted_rewards_sum_and_validity():
     images = torch.zeros(3, 3, 8, 8, dtype=torch.uint8)
-    combined = WeightedRewards([("a", Bad(torch.tensor([1.0, 2.0, 3.0])), 0.5), ("b", Bad(torch.tensor([1.0, float("nan"), 1.0])), 2.0)])
+    combined = WeightedRewards(
+        [("a", Bad(torch.tensor([1.0, 2.0, 3.0])), 0.5), ("b", Bad(torch.tensor([1.0, float("nan"), 1.0])), 2.0)]
+    )
     with pytest.warns(RuntimeWarning):
         outputs = combined(images, ["p"] * 3)
     scores, valid = WeightedRewards.weighted_sum(outputs)
@@ -178,24 +193,57 @@ def test_jpeg_compressibility_prefers_flat_images():
 
 
 @pytest.mark.slow
-def test_example_plugin_installs_lists_and_trains(tmp_path, tiny_sd3_path):
+def test_example_plugin_installs_lists_and_trains(tmp_path, tiny_sd3_path, quiet_trainer):
     target = tmp_path / "site"
     install = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "--target", str(target), str(ROOT / "examples" / "reward-plugin")],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(ROOT / "examples" / "reward-plugin"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert install.returncode == 0, install.stderr[-2000:]
     env = {**__import__("os").environ, "PYTHONPATH": f"{target}", "HF_HUB_OFFLINE": "1"}
-    listed = subprocess.run([sys.executable, "-m", "tdmr1_lightning", "rewards", "list"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    listed = subprocess.run(
+        [sys.executable, "-m", "tdmr1_lightning", "rewards", "list"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert listed.returncode == 0, listed.stderr[-2000:]
     line = next(line for line in listed.stdout.splitlines() if line.startswith("redness"))
     assert "tdmr1-example-reward" in line and "0.1.0" in line
     fit = subprocess.run(
-        [sys.executable, "-m", "tdmr1_lightning", "fit", "--config", "configs/tiny.yaml",
-         f"--model.backbone.init_args.directory={tiny_sd3_path}", f"--trainer.default_root_dir={tmp_path / 'run'}",
-         "--model.rewards=[{name: redness, init_args: {margin: 10}}]", "--trainer.max_steps=1",
-         "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false"],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "tdmr1_lightning",
+            "fit",
+            "--config",
+            "configs/tiny.yaml",
+            f"--model.backbone.init_args.directory={tiny_sd3_path}",
+            f"--trainer.default_root_dir={tmp_path / 'run'}",
+            "--model.rewards=[{name: redness, init_args: {margin: 10}}]",
+            "--trainer.max_steps=1",
+            *quiet_trainer,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
     )
     assert fit.returncode == 0, fit.stderr[-3000:]
     assert "max_steps=1" in fit.stderr + fit.stdout

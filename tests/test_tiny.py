@@ -125,7 +125,11 @@ def test_encode_prompt_uses_all_three_encoders(tiny_sd3_path: Path) -> None:
     assert not torch.allclose(pe, npe)
 
     short, *_ = pipe.encode_prompt(
-        prompt="a red circle", prompt_2=None, prompt_3=None, do_classifier_free_guidance=False, device="cpu",
+        prompt="a red circle",
+        prompt_2=None,
+        prompt_3=None,
+        do_classifier_free_guidance=False,
+        device="cpu",
         max_sequence_length=16,
     )
     assert short.shape == (1, 77 + 16, d_model)
@@ -146,8 +150,12 @@ def test_same_seed_identical_weights_different_seed_differs(tmp_path: Path) -> N
     for comp in ("transformer", "vae", "text_encoder_3"):
         sa, sc = _state(a, comp), _state(c, comp)
         assert any(not torch.equal(sa[k], sc[k]) for k in sa), f"{comp} identical for different seeds"
-    for name in ("model_index.json", "transformer/config.json", "tokenizer/tokenizer.json",
-                 "tokenizer_3/tokenizer.json"):
+    for name in (
+        "model_index.json",
+        "transformer/config.json",
+        "tokenizer/tokenizer.json",
+        "tokenizer_3/tokenizer.json",
+    ):
         assert (a / name).read_bytes() == (b / name).read_bytes()
 
 
@@ -160,12 +168,20 @@ def test_build_leaves_global_rng_untouched(tmp_path: Path) -> None:
 
 
 def test_custom_sizes(tmp_path: Path) -> None:
-    path = build_tiny_sd3(tmp_path / "big", resolution=64, num_layers=1, text_dim=64, attention_head_dim=8,
-                          num_attention_heads=4)
+    path = build_tiny_sd3(
+        tmp_path / "big", resolution=64, num_layers=1, text_dim=64, attention_head_dim=8, num_attention_heads=4
+    )
     pipe = _load_pipe(path)
     assert pipe.transformer.config.pos_embed_max_size == 64 // 2 // 2
-    out = pipe(prompt="a", num_inference_steps=1, guidance_scale=1.0, height=64, width=64, output_type="pt",
-               max_sequence_length=8).images
+    out = pipe(
+        prompt="a",
+        num_inference_steps=1,
+        guidance_scale=1.0,
+        height=64,
+        width=64,
+        output_type="pt",
+        max_sequence_length=8,
+    ).images
     assert out.shape == (1, 3, 64, 64)
     with pytest.raises(ValueError):
         build_tiny_sd3(tmp_path / "bad", resolution=30)
@@ -200,8 +216,9 @@ def test_tokenizers_load_offline_and_cover_text(tiny_sd3_path: Path) -> None:
             assert ids[-1] == tok.eos_token_id
             assert tok.unk_token_id not in ids, (text, tok.convert_ids_to_tokens(ids))
             assert tok.decode(ids, skip_special_tokens=True) == " ".join(text.split())
-        batch = tok(TEXTS, padding="max_length", max_length=256, truncation=True, add_special_tokens=True,
-                    return_tensors="pt")
+        batch = tok(
+            TEXTS, padding="max_length", max_length=256, truncation=True, add_special_tokens=True, return_tensors="pt"
+        )
         assert batch.input_ids.shape == (len(TEXTS), 256)
         assert int(batch.input_ids.max()) < 200
 
@@ -302,8 +319,28 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 # --------------------------------------------------------------------------- whole-word tokenizers
 
-WORLD_WORDS = ["a", "photo", "of", "and", "left", "right", "above", "below", "two", "three", "circle", "circles",
-               "square", "squares", "triangle", "triangles", "red", "green", "blue", "yellow"]
+WORLD_WORDS = [
+    "a",
+    "photo",
+    "of",
+    "and",
+    "left",
+    "right",
+    "above",
+    "below",
+    "two",
+    "three",
+    "circle",
+    "circles",
+    "square",
+    "squares",
+    "triangle",
+    "triangles",
+    "red",
+    "green",
+    "blue",
+    "yellow",
+]
 
 
 def test_word_merges_keep_every_word_whole_despite_shared_pairs() -> None:
@@ -333,7 +370,9 @@ def test_word_tokenizers_make_prompts_short(tmp_path: Path) -> None:
     # out-of-vocabulary text still tokenizes, character by character
     assert len(pipe.tokenizer.tokenize("greener")) > 1
     with torch.no_grad():
-        embeds, _, pooled, _ = pipe.encode_prompt(prompt, None, None, do_classifier_free_guidance=False, max_sequence_length=16)
+        embeds, _, pooled, _ = pipe.encode_prompt(
+            prompt, None, None, do_classifier_free_guidance=False, max_sequence_length=16
+        )
     assert embeds.shape[1] == 16 + 16  # CLIP tokens + T5 tokens
 
 

@@ -15,7 +15,14 @@ from torch import Tensor, nn
 
 from tdmr1_lightning import losses
 from tdmr1_lightning.backbones.base import (
-    FAKE, GENERATOR, SURROGATE, SURROGATE_OLD, TEACHER, Condition, RectifiedFlowBackbone, RoleTransformers,
+    FAKE,
+    GENERATOR,
+    SURROGATE,
+    SURROGATE_OLD,
+    TEACHER,
+    Condition,
+    RectifiedFlowBackbone,
+    RoleTransformers,
 )
 from tdmr1_lightning.module import TDMR1Module
 from tdmr1_lightning.schedule import inverse_time_shift, x0_from_velocity
@@ -78,14 +85,36 @@ def _recorder(monkeypatch, name: str, log: list):
 def step_record(monkeypatch):
     """One TDM-R1 step of the stand-in: the module, the backbone's queries before each loss, and the loss calls."""
     log: list = []
-    for name in ("fake_score_loss", "generator_loss", "surrogate_loss", "surrogate_target_velocity", "group_advantages"):
+    for name in (
+        "fake_score_loss",
+        "generator_loss",
+        "surrogate_loss",
+        "surrogate_target_velocity",
+        "group_advantages",
+    ):
         _recorder(monkeypatch, name, log)
     torch.manual_seed(0)
     module = TDMR1Module(
-        AnalyticBackbone(), rewards=[{"name": "jpeg_compressibility"}], num_steps=K, shift=3.0, boundaries_per_batch=K,
-        trunc_steps=2, micro_batch_size=P * G, guidance_scale=4.0, rl_guidance_scale=2.5, cfg_weight=0.4,
-        reward_weight=0.6, fake_teacher_weight=0.05, beta=7.0, clip_range=0.01, trust_threshold=0.04,
-        lambda_kl=2e-3, s_min_gen=0.3, s_min_reward=0.55, level_margin=0.02, noise_seed=3,
+        AnalyticBackbone(),
+        rewards=[{"name": "jpeg_compressibility"}],
+        num_steps=K,
+        shift=3.0,
+        boundaries_per_batch=K,
+        trunc_steps=2,
+        micro_batch_size=P * G,
+        guidance_scale=4.0,
+        rl_guidance_scale=2.5,
+        cfg_weight=0.4,
+        reward_weight=0.6,
+        fake_teacher_weight=0.05,
+        beta=7.0,
+        clip_range=0.01,
+        trust_threshold=0.04,
+        lambda_kl=2e-3,
+        s_min_gen=0.3,
+        s_min_reward=0.55,
+        level_margin=0.02,
+        noise_seed=3,
     )
     batch = {
         "prompts": ["a red circle", "two blue squares"] * G,
@@ -93,8 +122,16 @@ def step_record(monkeypatch):
         "group_index": torch.arange(P).repeat(G),
         "sample_index": torch.arange(P * G),
     }
-    trainer = L.Trainer(max_steps=1, max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False)
+    trainer = L.Trainer(
+        max_steps=1,
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader([batch], batch_size=None, collate_fn=lambda b: b))
     return module, log
 
@@ -151,7 +188,7 @@ def test_query_levels_of_each_role(step_record):
     calls = module.backbone.calls[K:]  # after the rollout
     # group the no-grad queries by the grad generator query that opens each boundary's block
     blocks, current = [], None
-    for role, level, x, grad in calls:
+    for role, level, _x, grad in calls:
         if role == GENERATOR and grad:
             current = {"j": s_.index(level), "queries": []}
             blocks.append(current)
@@ -167,7 +204,9 @@ def test_query_levels_of_each_role(step_record):
         if j < hp.trunc_steps:  # the surrogate's query in the generator loss: above max(s_{j+1}, s_min_gen)
             assert len(surrogate) == 1
             low = max(s_[j + 1], hp.s_min_gen)
-            assert inverse_time_shift(surrogate[0], hp.shift) >= inverse_time_shift(low, hp.shift) + hp.level_margin - 1e-9
+            assert (
+                inverse_time_shift(surrogate[0], hp.shift) >= inverse_time_shift(low, hp.shift) + hp.level_margin - 1e-9
+            )
         else:
             assert surrogate == []
 
@@ -178,16 +217,18 @@ def test_surrogate_loss_receives_the_stored_state_its_level_weights_and_advantag
     states = _rollout(module)
     targets = [entry for entry in log if entry[0] == "surrogate_target_velocity"]
     surrogates = [entry for entry in log if entry[0] == "surrogate_loss"]
-    (_, adv_args, adv_kwargs, advantages), = [entry for entry in log if entry[0] == "group_advantages"]
+    ((_, _, _, advantages),) = [entry for entry in log if entry[0] == "group_advantages"]
     assert len(targets) == len(surrogates) == K
-    for (_, (x_n, xi, s_n, s), _, _), (_, args, _, _) in zip(targets, surrogates):
+    for (_, (x_n, _xi, s_n, s), _, _), (_, args, _, _) in zip(targets, surrogates):
         n = s_.index(s_n)  # j' + 1: the state after the drawn boundary j'
         assert n >= 1
         if n < K:  # a stored intermediate state of the rollout
             assert torch.equal(x_n, states[n])
         low = max(s_n, hp.s_min_reward)
         assert inverse_time_shift(s, hp.shift) >= inverse_time_shift(low, hp.shift) + hp.level_margin - 1e-9
-        (v_surrogate, v_ref, v_old, v_teacher, v_target, adv, group, beta, clip, trust, lambda_kl, step_weight, _) = args
+        (v_surrogate, v_ref, v_old, v_teacher, v_target, adv, group, beta, clip, trust, lambda_kl, step_weight, _) = (
+            args
+        )
         assert (beta, clip, trust, lambda_kl) == (hp.beta, hp.clip_range, hp.trust_threshold, hp.lambda_kl)
         assert step_weight == n / hp.num_steps
         assert torch.equal(adv, advantages)  # one process, one micro-batch: the step's advantages as computed

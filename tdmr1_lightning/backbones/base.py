@@ -12,16 +12,24 @@ import contextlib
 import copy
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-
 from .lora_files import LORA_FILE_SUFFIXES, LoraCheckpointError, LoraFile, read_lora_file  # noqa: F401 (re-exported)
 from .roles import (  # noqa: F401 (re-exported)
-    EMA_SOURCES, FAKE, GENERATOR, GENERATOR_EMA, SURROGATE, SURROGATE_OLD, SURROGATE_REF, TEACHER, TRAINED_ROLES,
+    EMA_SOURCES,
+    FAKE,
+    GENERATOR,
+    GENERATOR_EMA,
+    SURROGATE,
+    SURROGATE_OLD,
+    SURROGATE_REF,
+    TEACHER,
+    TRAINED_ROLES,
 )
 
 RolesAs = Literal["lora", "full"]
@@ -36,15 +44,15 @@ class Condition:
     def __len__(self) -> int:
         return next(iter(self.tensors.values())).shape[0]
 
-    def __getitem__(self, index: Tensor | slice) -> "Condition":
+    def __getitem__(self, index: Tensor | slice) -> Condition:
         return Condition({k: v[index] for k, v in self.tensors.items()})
 
-    def repeat(self, n: int) -> "Condition":
+    def repeat(self, n: int) -> Condition:
         """Repeat a condition of batch size 1 (the null prompt) ``n`` times."""
         return Condition({k: v.expand(n, *v.shape[1:]) for k, v in self.tensors.items()})
 
     @staticmethod
-    def cat(conditions: Sequence["Condition"]) -> "Condition":
+    def cat(conditions: Sequence[Condition]) -> Condition:
         keys = conditions[0].tensors.keys()
         return Condition({k: torch.cat([c.tensors[k] for c in conditions]) for k in keys})
 
@@ -74,7 +82,13 @@ def unique_tensor_bytes(module: nn.Module) -> int:
 # --------------------------------------------------------------------------------------------
 
 DEFAULT_LORA_TARGETS = (
-    "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj",
+    "attn.to_q",
+    "attn.to_k",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_q_proj",
+    "attn.add_k_proj",
+    "attn.add_v_proj",
     "attn.to_add_out",
 )
 """The reference's LoRA targets: the joint attention's projections (``attn.*``; SD3.5's second,
@@ -125,7 +139,9 @@ class RoleTransformers(nn.Module):
 
             for role in self.roles:
                 config = LoraConfig(
-                    r=lora_rank, lora_alpha=lora_alpha, init_lora_weights="gaussian",
+                    r=lora_rank,
+                    lora_alpha=lora_alpha,
+                    init_lora_weights="gaussian",
                     target_modules=list(lora_target_modules),
                 )
                 with warnings.catch_warnings():  # several adapters on one model is the design, not an accident
@@ -138,7 +154,9 @@ class RoleTransformers(nn.Module):
             }
             # Each LoRA layer's adapter tensors and whether they train, to undo peft's requires_grad changes.
             self._trainable_flags = {
-                layer: [(p, n.split(".")[1] in TRAINED_ROLES) for n, p in layer.named_parameters() if n.startswith("lora_")]
+                layer: [
+                    (p, n.split(".")[1] in TRAINED_ROLES) for n, p in layer.named_parameters() if n.startswith("lora_")
+                ]
                 for layer in self._tuner_layers
             }
             for flags in self._trainable_flags.values():
@@ -198,7 +216,9 @@ class RoleTransformers(nn.Module):
         """Activation checkpointing of one block whose recomputation runs as the role of its forward."""
         role = self._active
         return torch.utils.checkpoint.checkpoint(
-            block.__call__, *args, use_reentrant=False,
+            block.__call__,
+            *args,
+            use_reentrant=False,
             context_fn=lambda: (contextlib.nullcontext(), self._block_as(block, role)),
         )
 
@@ -284,7 +304,9 @@ class RoleTransformers(nn.Module):
                 f"{lora.where}: {len(unmatched)} of {len(state)} keys match no LoRA layer of the transformer "
                 f"(lora_target_modules: {list(self.lora_target_modules)}); first unmatched key: {unmatched[0]!r}"
             )
-        wrong = [f"{k}: file {tuple(v.shape)} vs model {shapes[k]}" for k, v in state.items() if tuple(v.shape) != shapes[k]]
+        wrong = [
+            f"{k}: file {tuple(v.shape)} vs model {shapes[k]}" for k, v in state.items() if tuple(v.shape) != shapes[k]
+        ]
         if wrong:
             raise LoraCheckpointError(f"{lora.where}: {len(wrong)} shapes differ, first {wrong[0]}")
         with torch.no_grad():
@@ -370,7 +392,7 @@ class RectifiedFlowBackbone(nn.Module, ABC):
 
     def is_role_state(self, key: str) -> bool:
         """Whether a ``state_dict`` key of this backbone is role weights worth checkpointing (not frozen parts)."""
-        return key.startswith("roles.") and self.roles.is_role_state(key[len("roles."):])
+        return key.startswith("roles.") and self.roles.is_role_state(key[len("roles.") :])
 
     def velocity(self, role: str, x: Tensor, s: float | Tensor, cond: Condition) -> Tensor:
         """The velocity of ``role`` at ``(x, s)``; ``s`` is one level for the batch or one per sample."""

@@ -12,7 +12,9 @@ class ModelNotFoundError(FileNotFoundError):
 
 
 def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in {"1", "true", "yes", "on"} for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").lower() in {"1", "true", "yes", "on"} for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def resolve_pretrained(
@@ -29,18 +31,26 @@ def resolve_pretrained(
     name_or_path = str(name_or_path)  # as written: a hub id when no such folder exists
     if path.is_dir():
         if not (path / index_file).is_file():
-            raise ModelNotFoundError(f"pretrained_model {name_or_path!r}: folder has no {index_file}; is it a diffusers pipeline folder?")
+            raise ModelNotFoundError(
+                f"pretrained_model {name_or_path!r}: folder has no {index_file}; is it a diffusers pipeline folder?"
+            )
         return str(path)
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or os.sep in name_or_path.replace("/", "")
+    looks_local = (
+        name_or_path.startswith((".", "/", "~"))
+        or name_or_path.count("/") > 1
+        or os.sep in name_or_path.replace("/", "")
+    )
     try:
         if looks_local:
             raise HFValidationError("local path")
         validate_repo_id(name_or_path)
     except HFValidationError:
-        raise ModelNotFoundError(f"pretrained_model {name_or_path!r}: no such local folder, and not a valid hub id") from None
+        raise ModelNotFoundError(
+            f"pretrained_model {name_or_path!r}: no such local folder, and not a valid hub id"
+        ) from None
     cached = try_to_load_from_cache(name_or_path, index_file, revision=revision)
     if isinstance(cached, str):
         return name_or_path

@@ -41,7 +41,10 @@ LORA_FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 CHECKPOINT_LORA_KEY = "tdmr1_lora"
 """Key of a Lightning checkpoint of this project under which the role adapters' rank and alpha are recorded."""
 METADATA_KEY = "lora_adapter_metadata"
-"""diffusers' safetensors metadata key of a LoRA's config (``r``, ``lora_alpha``, optionally prefixed ``transformer.``)."""
+"""diffusers' safetensors metadata key of a LoRA's config.
+
+(``r``, ``lora_alpha``, optionally prefixed ``transformer.``)
+"""
 _SUFFIX_ALIASES = {".lora_down.": ".lora_A.", ".lora_up.": ".lora_B."}
 _PREFIXES = ("backbone.roles.base.", "base_model.model.", "transformer.", "model.diffusion_model.", "diffusion_model.")
 _PEFT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -77,10 +80,13 @@ class LoraFile:
     def check(self, rank: int, alpha: float) -> None:
         """Raise :class:`LoraCheckpointError` naming the setting when the file's rank or alpha differs."""
         if self.rank != rank:
-            raise LoraCheckpointError(f"{self.where} is a rank-{self.rank} LoRA but lora_rank is {rank}: set lora_rank: {self.rank}")
+            raise LoraCheckpointError(
+                f"{self.where} is a rank-{self.rank} LoRA but lora_rank is {rank}: set lora_rank: {self.rank}"
+            )
         if self.alpha is not None and float(self.alpha) != float(alpha):
             raise LoraCheckpointError(
-                f"{self.where} was trained with lora_alpha {self.alpha:g} but lora_alpha is {alpha:g}: set lora_alpha: {self.alpha:g} "
+                f"{self.where} was trained with lora_alpha {self.alpha:g} but lora_alpha is {alpha:g}: "
+                f"set lora_alpha: {self.alpha:g} "
                 "(the update is scaled by alpha / rank)"
             )
 
@@ -91,10 +97,15 @@ class LoraFile:
         assert self.ordered is not None
         if len(self.ordered) != 2 * len(layer_names):
             raise LoraCheckpointError(
-                f"{self.where} holds {len(self.ordered)} tensors, but the transformer's {len(layer_names)} LoRA layers need "
+                f"{self.where} holds {len(self.ordered)} tensors, "
+                f"but the transformer's {len(layer_names)} LoRA layers need "
                 f"{2 * len(layer_names)} (A and B each): is lora_target_modules the one it was trained with?"
             )
-        return {f"{name}.lora_{ab}.weight": t for i, name in enumerate(layer_names) for ab, t in zip("AB", self.ordered[2 * i : 2 * i + 2])}
+        return {
+            f"{name}.lora_{ab}.weight": t
+            for i, name in enumerate(layer_names)
+            for ab, t in zip("AB", self.ordered[2 * i : 2 * i + 2])
+        }
 
 
 def read_lora_file(path: str | os.PathLike, role: str = GENERATOR, key: str = "generator_checkpoint") -> LoraFile:
@@ -103,12 +114,17 @@ def read_lora_file(path: str | os.PathLike, role: str = GENERATOR, key: str = "g
     if path.is_dir():
         found = [path / name for name in _PEFT_FILES if (path / name).is_file()]
         if not found:
-            raise LoraCheckpointError(f"{key}: {path} is a folder without {' or '.join(_PEFT_FILES)} (a PEFT adapter folder)")
+            raise LoraCheckpointError(
+                f"{key}: {path} is a folder without {' or '.join(_PEFT_FILES)} (a PEFT adapter folder)"
+            )
         path = found[0]
     if not path.is_file():
         raise LoraCheckpointError(f"{key}: no such file: {path}")
     if path.suffix not in LORA_FILE_SUFFIXES:
-        raise LoraCheckpointError(f"{key}: {path} has suffix {path.suffix!r}; expected one of {', '.join(LORA_FILE_SUFFIXES)} or a PEFT folder")
+        raise LoraCheckpointError(
+            f"{key}: {path} has suffix {path.suffix!r}; "
+            f"expected one of {', '.join(LORA_FILE_SUFFIXES)} or a PEFT folder"
+        )
     metadata: dict[str, str] = {}
     recorded: dict[str, Any] = {}
     if path.suffix == ".safetensors":
@@ -133,7 +149,8 @@ def read_lora_file(path: str | os.PathLike, role: str = GENERATOR, key: str = "g
         raise LoraCheckpointError(f"{key}: {path} is not a flat dictionary of tensors")
     if not any(".lora_" in k for k in raw):
         raise LoraCheckpointError(
-            f"{key}: {path} holds no LoRA tensors (no key contains '.lora_A.', '.lora_B.', '.lora_down.' or '.lora_up.'); "
+            f"{key}: {path} holds no LoRA tensors "
+            "(no key contains '.lora_A.', '.lora_B.', '.lora_down.' or '.lora_up.'); "
             f"first keys: {list(raw)[:3]}"
         )
     own = _own_checkpoint_role(raw, role, f"{key}: {path}")
@@ -148,15 +165,19 @@ def read_lora_file(path: str | os.PathLike, role: str = GENERATOR, key: str = "g
             name = name.replace(old, new)
         for prefix in _PREFIXES:
             if name.startswith(prefix):
-                name = name[len(prefix):]
+                name = name[len(prefix) :]
         tensors[name] = value
     if not tensors:
         raise LoraCheckpointError(f"{key}: {path} holds no LoRA tensors")
     rank = _rank([t for k, t in tensors.items() if ".lora_A." in k], f"{key}: {path}")
     if own is not raw:  # a checkpoint of this project
-        return LoraFile(path, key, "tdmr1 checkpoint", rank, recorded.get("alpha"), "alpha" in recorded, tensors=tensors)
+        return LoraFile(
+            path, key, "tdmr1 checkpoint", rank, recorded.get("alpha"), "alpha" in recorded, tensors=tensors
+        )
     if len(alphas) > 1:
-        raise LoraCheckpointError(f"{key}: {path} has different alphas per layer ({sorted(alphas)[:4]}): one alpha per adapter is supported")
+        raise LoraCheckpointError(
+            f"{key}: {path} has different alphas per layer ({sorted(alphas)[:4]}): one alpha per adapter is supported"
+        )
     alpha, fmt = _stated_alpha(path, metadata)
     if alphas:
         alpha, fmt = alphas.pop(), "kohya"
@@ -165,18 +186,25 @@ def read_lora_file(path: str | os.PathLike, role: str = GENERATOR, key: str = "g
 
 def _ema_list(path: Path, key: str, tensors: list) -> LoraFile:
     if not tensors or len(tensors) % 2 or not all(isinstance(t, Tensor) and t.dim() == 2 for t in tensors):
-        raise LoraCheckpointError(f"{key}: {path}: 'ema_parameters' must be pairs of 2-D tensors (LoRA A and B per layer)")
+        raise LoraCheckpointError(
+            f"{key}: {path}: 'ema_parameters' must be pairs of 2-D tensors (LoRA A and B per layer)"
+        )
     rank = _rank(tensors[0::2], f"{key}: {path}")
     for i, (a, b) in enumerate(zip(tensors[0::2], tensors[1::2])):
         if b.shape[1] != a.shape[0]:
-            raise LoraCheckpointError(f"{key}: {path}: tensors {2 * i} and {2 * i + 1} are not a LoRA pair: A {tuple(a.shape)}, B {tuple(b.shape)}")
+            raise LoraCheckpointError(
+                f"{key}: {path}: tensors {2 * i} and {2 * i + 1} are not a LoRA pair: "
+                f"A {tuple(a.shape)}, B {tuple(b.shape)}"
+            )
     return LoraFile(path, key, "the authors' EMA checkpoint", rank, 2.0 * rank, False, ordered=tensors)
 
 
 def _rank(a_matrices: list[Tensor], where: str) -> int:
     ranks = {int(a.shape[0]) for a in a_matrices}
     if len(ranks) != 1:
-        raise LoraCheckpointError(f"{where} has LoRA layers of different ranks ({sorted(ranks)}): one rank per adapter is supported")
+        raise LoraCheckpointError(
+            f"{where} has LoRA layers of different ranks ({sorted(ranks)}): one rank per adapter is supported"
+        )
     return ranks.pop()
 
 
@@ -203,7 +231,7 @@ def _own_checkpoint_role(state: dict[str, Tensor], role: str, where: str) -> dic
     present = {r for k in state if ".lora_" in k for r in (*TRAINED_ROLES, *EMA_SOURCES) if f".{r}." in k}
     if not present:
         return state
-    for candidate in ((GENERATOR_EMA, GENERATOR) if role == GENERATOR else (role,)):
+    for candidate in (GENERATOR_EMA, GENERATOR) if role == GENERATOR else (role,):
         if candidate in present:
             infix = f".{candidate}."
             return {k.replace(infix, "."): v for k, v in state.items() if ".lora_" in k and infix in k}

@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from ..paths import ConfigPath
 from .base import (
     DEFAULT_LORA_TARGETS,
     FAKE,
     GENERATOR,
     GENERATOR_EMA,
     Condition,
-    RectifiedFlowBackbone,
-    RoleTransformers,
-    RolesAs,
     LoraCheckpointError,
     LoraFile,
+    RectifiedFlowBackbone,
+    RolesAs,
+    RoleTransformers,
     read_lora_file,
 )
-from ..paths import ConfigPath
 from .hub import resolve_pretrained
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -81,7 +82,9 @@ class SD3Backbone(RectifiedFlowBackbone):
             raise ValueError(f"lora_rank must be >= 1, got {lora_rank}")
         self.pretrained_model = resolve_pretrained(pretrained_model, revision=revision)
         # LoRA files are read now: a wrong format, rank, alpha or model family fails before any model loads.
-        self.generator_lora = self._read_lora(generator_checkpoint, GENERATOR, "generator_checkpoint", lora_rank, lora_alpha)
+        self.generator_lora = self._read_lora(
+            generator_checkpoint, GENERATOR, "generator_checkpoint", lora_rank, lora_alpha
+        )
         self.generator_checkpoint_scale = float(generator_checkpoint_scale)
         self.fake_lora = self._read_lora(fake_checkpoint, FAKE, "fake_checkpoint", lora_rank, lora_alpha)
         self.resolution = resolution
@@ -107,11 +110,16 @@ class SD3Backbone(RectifiedFlowBackbone):
         factor = self.latent_factor * transformer.config.patch_size
         if self.resolution % factor:
             raise ValueError(
-                f"resolution {self.resolution} is not a multiple of {factor} (VAE factor x patch size) for {self.pretrained_model}"
+                f"resolution {self.resolution} is not a multiple of {factor} (VAE factor x patch size) "
+                f"for {self.pretrained_model}"
             )
         self.vae = pipe.vae.requires_grad_(False).eval() if pipe.vae is not None else None
         self.text_encoders = nn.ModuleList(
-            [e.requires_grad_(False).eval() for e in (pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3) if e is not None]
+            [
+                e.requires_grad_(False).eval()
+                for e in (pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3)
+                if e is not None
+            ]
         )
         self.roles = RoleTransformers(
             transformer, roles, self.roles_as, **self.lora, gradient_checkpointing=self.gradient_checkpointing
@@ -139,7 +147,7 @@ class SD3Backbone(RectifiedFlowBackbone):
         lora.check(rank, alpha)
         return lora
 
-    def train(self, mode: bool = True) -> "SD3Backbone":
+    def train(self, mode: bool = True) -> SD3Backbone:
         """Set training mode; the frozen VAE and text encoders stay in eval mode.
 
         Lightning puts the whole module in training mode when fitting starts. A T5 in training mode
@@ -184,8 +192,12 @@ class SD3Backbone(RectifiedFlowBackbone):
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> Condition:
         embeds, _, pooled, _ = self._pipe.encode_prompt(
-            prompt=list(prompts), prompt_2=None, prompt_3=None, device=self.device,
-            do_classifier_free_guidance=False, max_sequence_length=self.max_sequence_length,
+            prompt=list(prompts),
+            prompt_2=None,
+            prompt_3=None,
+            device=self.device,
+            do_classifier_free_guidance=False,
+            max_sequence_length=self.max_sequence_length,
         )
         return Condition({"embeds": embeds.float(), "pooled": pooled.float()})
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 from ..paths import ConfigPath
 from ..tiny import CLIP_MAX_LENGTH, ensure_tiny_sd3
@@ -67,15 +68,31 @@ class TinySD3Backbone(SD3Backbone):
         t5_position_bias_std: float | None = None,
     ) -> None:
         path = ensure_tiny_sd3(
-            directory, resolution=resolution, seed=seed, num_layers=num_layers, attention_head_dim=attention_head_dim,
-            num_attention_heads=num_attention_heads, patch_size=patch_size, pixel_space=self.pixel_space,
-            words=words, clip_max_length=clip_max_length, t5_position_bias_std=t5_position_bias_std,
+            directory,
+            resolution=resolution,
+            seed=seed,
+            num_layers=num_layers,
+            attention_head_dim=attention_head_dim,
+            num_attention_heads=num_attention_heads,
+            patch_size=patch_size,
+            pixel_space=self.pixel_space,
+            words=words,
+            clip_max_length=clip_max_length,
+            t5_position_bias_std=t5_position_bias_std,
         )
         super().__init__(
-            str(path), resolution=resolution, roles_as=roles_as, lora_rank=lora_rank, lora_alpha=lora_alpha,
-            lora_target_modules=lora_target_modules, generator_checkpoint=generator_checkpoint,
-            generator_checkpoint_scale=generator_checkpoint_scale, fake_checkpoint=fake_checkpoint,
-            dtype=dtype, max_sequence_length=max_sequence_length, gradient_checkpointing=gradient_checkpointing,
+            str(path),
+            resolution=resolution,
+            roles_as=roles_as,
+            lora_rank=lora_rank,
+            lora_alpha=lora_alpha,
+            lora_target_modules=lora_target_modules,
+            generator_checkpoint=generator_checkpoint,
+            generator_checkpoint_scale=generator_checkpoint_scale,
+            fake_checkpoint=fake_checkpoint,
+            dtype=dtype,
+            max_sequence_length=max_sequence_length,
+            gradient_checkpointing=gradient_checkpointing,
         )
 
 

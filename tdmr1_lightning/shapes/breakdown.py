@@ -32,15 +32,15 @@ import json
 import re
 import sys
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
-
 from tdmr1_rewards.human_csv import read_image
 
 from ..data import load_prompts
-from ..evaluate import wilson_interval
+from ..evaluation import wilson_interval
 from .detector import ShapesDetector
 from .world import HeldOut, World, prompt_combinations
 
@@ -56,7 +56,13 @@ KIND_NAMES: dict[str, str] = {
 table order."""
 
 FAILURES: tuple[str, ...] = (
-    "correct", "missing object", "wrong colour", "wrong relation", "no relation target", "extra object", "other",
+    "correct",
+    "missing object",
+    "wrong colour",
+    "wrong relation",
+    "no relation target",
+    "extra object",
+    "other",
 )
 """Failure categories of :func:`failure_kind`, in table order."""
 
@@ -326,7 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
         "failures by tag (Markdown tables).",
     )
     parser.add_argument(
-        "evaluations", nargs="+", metavar="[NAME=]DIR",
+        "evaluations",
+        nargs="+",
+        metavar="[NAME=]DIR",
         help="'tdmr1 evaluate --out' folders (or their samples.jsonl) of the same prompt set; NAME heads the "
         "column (default: the folder's name)",
     )
@@ -334,19 +342,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--prompts", required=True, help="the prompt set the evaluations sampled (JSON Lines with GenEval metadata)"
     )
     parser.add_argument(
-        "--world", default=None,
+        "--world",
+        default=None,
         help="world.json with the world and its held-out combinations (default: world.json next to --prompts)",
     )
     parser.add_argument(
         "--reward", default="shapes_geneval", help="reward whose strict verdicts count (default: shapes_geneval)"
     )
     parser.add_argument(
-        "--pool-tags", default="position,color_attr",
+        "--pool-tags",
+        default="position,color_attr",
         help="comma-separated tags pooled into one more row (default: position,color_attr; '' for none)",
     )
     parser.add_argument("--no-failures", action="store_true", help="print only the table by held-out kind")
     parser.add_argument(
-        "--drawn", action="store_true",
+        "--drawn",
+        action="store_true",
         help="also detect the shapes in the images each evaluation saved (tdmr1 evaluate --save-images each) "
         "and print what was drawn by tag: as asked, a wrong shape, too few or too many objects",
     )

@@ -33,9 +33,8 @@ from collections.abc import Collection
 import numpy as np
 import torch
 from scipy import ndimage
-from torch import Tensor
-
 from tdmr1_rewards.detectors import Detection
+from torch import Tensor
 
 from .world import PALETTE, SHAPES, World
 
@@ -139,7 +138,7 @@ class ShapesDetector:
         """The world's shapes."""
         return list(self.world.shapes)
 
-    def to(self, device) -> "ShapesDetector":  # noqa: ARG002 - runs on the CPU whatever the reward's device
+    def to(self, device) -> ShapesDetector:  # noqa: ARG002 - runs on the CPU whatever the reward's device
         return self
 
     def area_floor(self, resolution: int) -> int:
@@ -183,7 +182,9 @@ class ShapesDetector:
             out.append(1 <= len(found) <= self.world.max_objects and stray == 0)
         return out
 
-    def _detect_one(self, labels: np.ndarray, floor: int, stray_above: int | None = None) -> tuple[list[Detection], int]:
+    def _detect_one(
+        self, labels: np.ndarray, floor: int, stray_above: int | None = None
+    ) -> tuple[list[Detection], int]:
         """Detections, largest first, and the number of dropped components larger than ``stray_above``
         pixels (counted only when it is given)."""
         shapes = set(self.world.shapes)
@@ -203,8 +204,14 @@ class ShapesDetector:
                 if areas[i] >= floor:
                     crop = components[sl] == i
                     shape = classify_shape(
-                        crop, self.square_fill, self.circle_fill, self.triangle_bottom_heavy, self.max_aspect,
-                        shapes, self.rectangle_fill, self.rectangle_aspect,
+                        crop,
+                        self.square_fill,
+                        self.circle_fill,
+                        self.triangle_bottom_heavy,
+                        self.max_aspect,
+                        shapes,
+                        self.rectangle_fill,
+                        self.rectangle_aspect,
                     )
                 if shape is None or shape not in shapes:
                     if stray_above is not None and areas[i] > stray_above:

@@ -3,7 +3,7 @@
 The measurement behind ``benchmarks/shapes_learning.py`` and the learning test: the main config
 (``configs/shapes/tdmr1.yaml``, the shipped TDM student) trained for a few epochs on the first ``n``
 distinct training prompts; the mean soft GenEval score of the generator EMA on those prompts (fixed
-noise, several images a prompt) before and after training, by :class:`~tdmr1_lightning.evaluate.EvaluateOnFit`.
+noise, several images a prompt) before and after training, by :class:`~tdmr1_lightning.evaluation.EvaluateOnFit`.
 """
 
 from __future__ import annotations
@@ -68,23 +68,38 @@ def reward_before_and_after(
     given), scored in its world.
     """
     from ..cli import build_cli
-    from ..evaluate import EvaluateOnFit
+    from ..evaluation import EvaluateOnFit
 
     workdir = Path(workdir)
     train_prompts, world = _prompts_and_world(config)
     prompts = fixed_prompts(workdir / "prompts.jsonl", num_prompts, train_prompts, tuple(tags))
     evaluation = EvaluateOnFit(
-        str(prompts), rewards=[{"name": "shapes_geneval", "init_args": {"mode": "soft", "world": world}}],
-        images_per_prompt=images_per_prompt, teacher_steps=None, out_dir=str(workdir / "eval"),
+        str(prompts),
+        rewards=[{"name": "shapes_geneval", "init_args": {"mode": "soft", "world": world}}],
+        images_per_prompt=images_per_prompt,
+        teacher_steps=None,
+        out_dir=str(workdir / "eval"),
     )
-    cli = build_cli([
-        "--config", str(config), f"--seed_everything={seed}",
-        f"--data.train_prompts={prompts}", f"--data.prompts_per_step={prompts_per_step}",
-        f"--trainer.max_epochs={epochs}", "--trainer.max_steps=-1", "--trainer.callbacks=null",
-        "--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-        "--trainer.enable_checkpointing=false", f"--trainer.default_root_dir={workdir}",
-        "--model.log_images_every_n_steps=0", *overrides,
-    ], run=False)
+    cli = build_cli(
+        [
+            "--config",
+            str(config),
+            f"--seed_everything={seed}",
+            f"--data.train_prompts={prompts}",
+            f"--data.prompts_per_step={prompts_per_step}",
+            f"--trainer.max_epochs={epochs}",
+            "--trainer.max_steps=-1",
+            "--trainer.callbacks=null",
+            "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+            "--trainer.enable_checkpointing=false",
+            f"--trainer.default_root_dir={workdir}",
+            "--model.log_images_every_n_steps=0",
+            *overrides,
+        ],
+        run=False,
+    )
     cli.trainer.callbacks.append(evaluation)
     cli.trainer.fit(cli.model, cli.datamodule)
     start, end = (row["summary"]["rewards"]["shapes_geneval"]["overall"]["mean"] for row in evaluation.results.values())

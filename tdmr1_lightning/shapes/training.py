@@ -6,13 +6,11 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
-
 from tdmr1_rewards.geneval import GenEvalReward
+from torch.utils.data import DataLoader, DistributedSampler
 
 from ..data import ResumableLoader
 from ..reward import Reward, RewardOutput
-
 from .detector import ShapesDetector
 from .world import ShapesDataset, World, collate_shapes, held_out_combinations, parse_prompt
 
@@ -66,7 +64,11 @@ class ShapesDataModule(L.LightningDataModule):
         self.world = World(**(world or {}))
         held_out = (
             held_out_combinations(
-                self.world, held_out_fraction, held_out_seed, held_out_split, held_out_count_partners,
+                self.world,
+                held_out_fraction,
+                held_out_seed,
+                held_out_split,
+                held_out_count_partners,
                 held_out_count_triples,
             )
             if held_out_fraction > 0
@@ -80,8 +82,14 @@ class ShapesDataModule(L.LightningDataModule):
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         sampler = DistributedSampler(self.dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.dataset.seed)
         # The generator only seeds the workers: loading draws nothing from the global random stream.
-        return ResumableLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=_collate,
-                               num_workers=self.num_workers, generator=torch.Generator().manual_seed(self.dataset.seed))
+        return ResumableLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            collate_fn=_collate,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.dataset.seed),
+        )
 
 
 class ShapesGenEval(GenEvalReward):

@@ -81,12 +81,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-from torch.utils.data import Dataset
-
 from tdmr1_rewards.detectors import COLORS
 from tdmr1_rewards.geneval import RELATIONS, TAGS, metadata_problem
 from tdmr1_rewards.geneval_prompts import NUMBERS, plural, with_article
+from torch import Tensor
+from torch.utils.data import Dataset
 
 __all__ = [
     "DEFAULT_SHAPES",
@@ -233,7 +232,7 @@ class World:
         if self.grid < 1:
             return f"grid must be >= 1, got {self.grid}"
         if not 1 <= self.max_objects <= self.grid**2:
-            return f"max_objects must be in 1..{self.grid ** 2} (one object a cell), got {self.max_objects}"
+            return f"max_objects must be in 1..{self.grid**2} (one object a cell), got {self.max_objects}"
         if len(self.size_range) != 2 or not 0 < self.size_range[0] <= self.size_range[1]:
             return f"size_range must be (lo, hi) with 0 < lo <= hi, got {self.size_range}"
         if self.margin < 0:
@@ -257,7 +256,9 @@ class World:
             if not self.counts:
                 return "counts is empty but tags has 'counting'"
             bad_counts = [
-                n for n in self.counts if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.max_objects
+                n
+                for n in self.counts
+                if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.max_objects
             ]
             if bad_counts:
                 return f"counts must be integers in 1..{self.max_objects}, got {list(self.counts)}"
@@ -366,7 +367,7 @@ class ShapeObject:
 Scene = tuple[ShapeObject, ...]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def shape_template(shape: str, size: int) -> np.ndarray:
     """``bool (height, size)`` pixels of a shape: those whose centre lies inside it (no anti-aliasing).
 
@@ -416,7 +417,7 @@ def random_scene(rng: random.Random | int | None, world: World = World(), num_ob
     rng = _rng(rng)
     k = rng.randint(1, world.max_objects) if num_objects is None else int(num_objects)
     if not 0 <= k <= world.grid**2:
-        raise ValueError(f"num_objects must be in 0..{world.grid ** 2}, got {k}")
+        raise ValueError(f"num_objects must be in 0..{world.grid**2}, got {k}")
     cells = rng.sample(range(world.grid**2), k)
     return tuple(
         _make_object(rng, world, rng.choice(world.shapes), rng.choice(world.colors), c // world.grid, c % world.grid)
@@ -815,7 +816,7 @@ class HeldOut:
         )
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "HeldOut":
+    def from_dict(cls, data: Mapping[str, Any]) -> HeldOut:
         """The inverse of :meth:`to_dict` (the ``held_out`` entry of a ``world.json``)."""
         return cls(**{key: frozenset(tuple(v) for v in data.get(key, [])) for key in cls.__dataclass_fields__})
 
@@ -918,7 +919,7 @@ def held_out_combinations(
     count keeps in training (at most the world's shapes): with 1, a split may leave "three" with one
     shape alone, and reward on "three squares" then teaches "three" to mean squares. With two counts
     and three shapes, holding out any (count, shape) pair leaves a count with one shape or a shape with
-    one count, and a model trained on it learns that instead (docs/shapes.md, "Holding out counts").
+    one count, and a model trained on it learns that instead (docs/experiments/shapes.md, "Holding out counts").
     ``count_triples`` holds out (count, colour, shape) triples of coloured
     counting prompts instead, keeping every (count, shape), (count, colour) and (colour, shape) pair of
     the counting prompts in training: "three red circles" is held out while "three red squares",
@@ -931,22 +932,29 @@ def held_out_combinations(
     if count_partners < 1:
         raise ValueError(f"count_partners must be >= 1, got {count_partners}")
     if count_triples and not ("counting" in world.tags and "counting" in world.colored_tags):
-        raise ValueError("count_triples needs coloured counting prompts (counting in the world's tags and colored_tags)")
+        raise ValueError(
+            "count_triples needs coloured counting prompts (counting in the world's tags and colored_tags)"
+        )
     rng = random.Random(f"shapes-held-out:{seed}")
     shapes = world.shapes
     color_shape = frozenset()
     if split == "bindings" and len(world.colors) > 1 and len(shapes) > 1:
         color_shape = _pick(
-            rng, [(c, s) for c in world.colors for s in shapes], fraction,
+            rng,
+            [(c, s) for c in world.colors for s in shapes],
+            fraction,
             lambda rest: _covers(world.colors, 0)(rest) and _covers(shapes, 1)(rest),
         )
     count_shape = frozenset()
     if "counting" in world.tags and len(world.counts) > 1 and len(shapes) > 1:
         partners = min(count_partners, len(shapes))
         count_shape = _pick(
-            rng, [(n, s) for n in world.counts for s in shapes], fraction,
-            lambda rest: _covers(shapes, 1)(rest)
-            and all(sum(c[0] == n for c in rest) >= partners for n in world.counts),
+            rng,
+            [(n, s) for n in world.counts for s in shapes],
+            fraction,
+            lambda rest: (
+                _covers(shapes, 1)(rest) and all(sum(c[0] == n for c in rest) >= partners for n in world.counts)
+            ),
         )
     shape_pair = frozenset()
     if "two_object" in world.tags and len(shapes) > 2:
@@ -975,7 +983,9 @@ def held_out_combinations(
         pairs = [(0, 2), (0, 1), (1, 2)]  # (count, shape), (count, colour), (colour, shape)
         wanted = [{(t[i], t[j]) for t in triples} for i, j in pairs]
         count_binding = _pick(
-            random.Random(f"shapes-held-out-counted:{seed}"), triples, fraction,
+            random.Random(f"shapes-held-out-counted:{seed}"),
+            triples,
+            fraction,
             lambda rest: all(w <= {(t[i], t[j]) for t in rest} for w, (i, j) in zip(wanted, pairs)),
         )
     return HeldOut(color_shape, count_shape, shape_pair, relation, color_pair, count_binding)
@@ -1059,9 +1069,19 @@ def make_prompt_sets(
         write_jsonl(train, out / "train.jsonl")
         write_jsonl(test, out / "test.jsonl")
         (out / "world.json").write_text(
-            json.dumps({"world": world.to_dict(), "held_out": held.to_dict(), "split": split, "seed": seed,
-                        "held_out_fraction": held_out_fraction, "count_partners": count_partners,
-                        "count_triples": count_triples}, indent=2) + "\n",
+            json.dumps(
+                {
+                    "world": world.to_dict(),
+                    "held_out": held.to_dict(),
+                    "split": split,
+                    "seed": seed,
+                    "held_out_fraction": held_out_fraction,
+                    "count_partners": count_partners,
+                    "count_triples": count_triples,
+                },
+                indent=2,
+            )
+            + "\n",
             encoding="utf-8",
         )
     return train, test, held
@@ -1201,22 +1221,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train", type=int, default=5000, help="training records (default: 5000)")
     parser.add_argument("--test", type=int, default=256, help="test records, distinct held-out prompts (default: 256)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the draws (default: 0)")
-    parser.add_argument("--seen-per-tag", type=int, default=0, metavar="N",
-                        help="also write seen.jsonl: up to N distinct training prompts a tag (default: 0 = none)")
+    parser.add_argument(
+        "--seen-per-tag",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also write seen.jsonl: up to N distinct training prompts a tag (default: 0 = none)",
+    )
     parser.add_argument(
         "--held-out-fraction", type=float, default=0.25, help="fraction of each kind of combination held out (0.25)"
     )
     parser.add_argument(
-        "--split", default="bindings", choices=SPLITS,
+        "--split",
+        default="bindings",
+        choices=SPLITS,
         help="what is held out besides counts, shape pairs and relations: (colour, shape) bindings, or pairs "
         "of coloured objects named together (compositions; every binding stays in training) (default: bindings)",
     )
     parser.add_argument(
-        "--count-partners", type=int, default=1, metavar="N",
+        "--count-partners",
+        type=int,
+        default=1,
+        metavar="N",
         help="shapes each count keeps in training: with 1, one count may be trained with one shape only (default: 1)",
     )
     parser.add_argument(
-        "--count-triples", action="store_true",
+        "--count-triples",
+        action="store_true",
         help="hold out (count, colour, shape) triples of counting prompts, every pair of them trained, instead "
         "of (count, shape) pairs",
     )
@@ -1232,12 +1263,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         world = World(
-            shapes=args.shapes, colors=args.colors, max_objects=args.max_objects, counts=args.counts,
-            resolution=args.resolution, grid=args.grid, tags=args.tags,
+            shapes=args.shapes,
+            colors=args.colors,
+            max_objects=args.max_objects,
+            counts=args.counts,
+            resolution=args.resolution,
+            grid=args.grid,
+            tags=args.tags,
         )
         train, test, held = make_prompt_sets(
-            world, args.train, args.test, args.seed, args.held_out_fraction, args.out_dir, args.split,
-            args.count_partners, args.count_triples,
+            world,
+            args.train,
+            args.test,
+            args.seed,
+            args.held_out_fraction,
+            args.out_dir,
+            args.split,
+            args.count_partners,
+            args.count_triples,
         )
         seen = seen_prompts(train, args.seen_per_tag, args.seed)
     except ValueError as err:

@@ -17,10 +17,11 @@ import torch.nn.functional as F
 
 open_clip = pytest.importorskip("open_clip")
 
-from tdmr1_lightning.reward import Reward  # noqa: E402
 from tdmr1_rewards import _clip  # noqa: E402
 from tdmr1_rewards._clip import hf_image_settings, load_hf_clip, load_open_clip, preprocess_images  # noqa: E402
 from tdmr1_rewards.clip_rewards import AestheticHead, AestheticScore, CLIPScore, PickScore  # noqa: E402
+
+from tdmr1_lightning.reward import Reward  # noqa: E402
 
 TINY = {
     "embed_dim": 16,
@@ -192,11 +193,25 @@ def _tiny_hf_clip(folder: Path) -> Path:
     vocab.update({"<|startoftext|>": bos, "<|endoftext|>": eos})
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=16, bos_token_id=bos, eos_token_id=eos,
-                         pad_token_id=eos),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
+        text_config=dict(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            bos_token_id=bos,
+            eos_token_id=eos,
+            pad_token_id=eos,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
         projection_dim=16,
         logit_scale_init_value=4.6052,  # exp = 100, like PickScore's
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from tdmr1_rewards.detectors import (
     COCO_CLASSES,
     COLOR_TEMPLATES,
@@ -20,9 +19,6 @@ from tdmr1_rewards.detectors import (
     masked_crop,
 )
 
-
-
-
 # ----------------------------------------------------------------------------------------- labels
 
 
@@ -35,8 +31,16 @@ def test_coco_classes_are_geneval_names():
 
 @pytest.mark.parametrize(
     "raw, name",
-    [("mouse", "computer mouse"), ("remote", "tv remote"), ("keyboard", "computer keyboard"), ("Dining_Table", "dining table"),
-     ("tvmonitor", "tv"), ("sofa", "couch"), ("potted-plant", "potted plant"), ("dog", "dog")],
+    [
+        ("mouse", "computer mouse"),
+        ("remote", "tv remote"),
+        ("keyboard", "computer keyboard"),
+        ("Dining_Table", "dining table"),
+        ("tvmonitor", "tv"),
+        ("sofa", "couch"),
+        ("potted-plant", "potted plant"),
+        ("dog", "dog"),
+    ],
 )
 def test_canonical_label(raw, name):
     assert canonical_label(raw) == name
@@ -182,5 +186,7 @@ def test_clip_classifier_picks_the_most_similar_colour(tiny_clip):
     from PIL import Image
 
     with torch.no_grad():
-        feat = F.normalize(clf.model.encode_image(clf.preprocess(Image.fromarray(crop.permute(1, 2, 0).numpy()))[None]), dim=-1)
+        feat = F.normalize(
+            clf.model.encode_image(clf.preprocess(Image.fromarray(crop.permute(1, 2, 0).numpy()))[None]), dim=-1
+        )
     assert color == COLORS[int((feat @ clf.text_weights("dog")).argmax())]

@@ -5,10 +5,8 @@ Boxes are ``(x0, y0, x1, y1)`` pixels; y grows downwards, so "above" means a sma
 
 from __future__ import annotations
 
-
 import pytest
 import torch
-
 from tdmr1_rewards.detectors import COCO_CLASSES, COLORS, Detection
 from tdmr1_rewards.geneval import GenEvalReward, evaluate, geneval_table, relative_position, select_objects
 
@@ -59,7 +57,10 @@ COUNT3 = {"tag": "counting", "include": [{"class": "dog", "count": 3}], "exclude
 
 def position(relation: str) -> dict:
     """GenEval's 'a photo of a cat <relation> a dog'."""
-    return {"tag": "position", "include": [{"class": "dog", "count": 1}, {"class": "cat", "count": 1, "position": [relation, 0]}]}
+    return {
+        "tag": "position",
+        "include": [{"class": "dog", "count": 1}, {"class": "cat", "count": 1, "position": [relation, 0]}],
+    }
 
 
 # ------------------------------------------------------------------------------------------- counts
@@ -119,7 +120,11 @@ def test_threshold_is_strict_and_0_3():
 
 
 def test_max_objects_per_class():
-    meta = {"tag": "single_object", "include": [{"class": "dog", "count": 16}], "exclude": [{"class": "dog", "count": 17}]}
+    meta = {
+        "tag": "single_object",
+        "include": [{"class": "dog", "count": 16}],
+        "exclude": [{"class": "dog", "count": 17}],
+    }
     many = dogs(20, 0.5)
     out = evaluate(many, meta)  # 20 detected, only 16 kept: the exclude cannot trigger
     assert out["correct"] is True and out["soft"] == 1.0
@@ -151,7 +156,10 @@ RED_CAR = {"tag": "colors", "include": [{"class": "car", "count": 1, "color": "r
 
 def test_colour_right_and_wrong():
     assert evaluate([det("car", color="red")], RED_CAR) == {
-        "correct": True, "soft": 1.0, "reasons": [], "terms": [("include[0] count", 1.0), ("include[0] color", 1.0)]
+        "correct": True,
+        "soft": 1.0,
+        "reasons": [],
+        "terms": [("include[0] count", 1.0), ("include[0] color", 1.0)],
     }
     wrong = evaluate([det("car", color="blue")], RED_CAR)
     assert wrong["correct"] is False and wrong["soft"] == pytest.approx(0.5)
@@ -237,7 +245,10 @@ def test_position_threshold():
     assert evaluate([det("cat", box=cat), det("dog", box=dog)], position("left of"))["correct"] is False
     # no threshold: -3 / 3 = -1 -> left of
     assert relative_position(cat, dog, position_threshold=0.0) == {"left of"}
-    assert evaluate([det("cat", box=cat), det("dog", box=dog)], position("left of"), position_threshold=0.0)["correct"] is True
+    assert (
+        evaluate([det("cat", box=cat), det("dog", box=dog)], position("left of"), position_threshold=0.0)["correct"]
+        is True
+    )
     # 5 px apart: (5 - 2) / 5 = 0.6 > 0.5 -> left of with the default threshold
     assert relative_position(cat, (5, 0, 15, 10)) == {"left of"}
     # a larger threshold swallows it: 0.2 x 20 = 4 -> 1 / 5 = 0.2
@@ -262,7 +273,12 @@ def test_relation_between_every_object_and_every_target():
     out = evaluate([cat, det("dog", 0.9, (50, 0, 60, 10)), det("dog", 0.8, (-50, 40, -40, 50))], meta)
     assert out["correct"] is False and out["terms"][-1] == ("include[1] position", 0.0)
     # only the `count` most confident are checked: a third, low-confidence dog on the wrong side is ignored
-    three = [cat, det("dog", 0.9, (50, 0, 60, 10)), det("dog", 0.8, (50, 80, 60, 90)), det("dog", 0.5, (-50, 40, -40, 50))]
+    three = [
+        cat,
+        det("dog", 0.9, (50, 0, 60, 10)),
+        det("dog", 0.8, (50, 80, 60, 90)),
+        det("dog", 0.5, (-50, 40, -40, 50)),
+    ]
     assert evaluate(three, meta)["correct"] is True
 
 
@@ -316,17 +332,25 @@ def _meta_with(**changes):
         (_meta_with(include=[{"class": "dog"}]), r"include\[0\] is missing field 'count'"),
         (_meta_with(include=[{"count": 1}]), r"include\[0\] is missing field 'class'"),
         (_meta_with(include=[{"class": "dog", "count": 0}]), r"include\[0\] field 'count' must be an integer >= 1"),
-        (_meta_with(include=[{"class": "unicorn", "count": 1}]), r"include\[0\] class 'unicorn' is not a class of the detector"),
+        (
+            _meta_with(include=[{"class": "unicorn", "count": 1}]),
+            r"include\[0\] class 'unicorn' is not a class of the detector",
+        ),
         (_meta_with(include=[{"class": "dog", "count": 1, "color": "teal"}]), r"include\[0\] field 'color' is 'teal'"),
         (
             _meta_with(include=[{"class": "dog", "count": 1}, {"class": "cat", "count": 1, "position": ["near", 0]}]),
             r"include\[1\] position relation 'near'",
         ),
         (
-            _meta_with(include=[{"class": "dog", "count": 1}, {"class": "cat", "count": 1, "position": ["left of", 1]}]),
+            _meta_with(
+                include=[{"class": "dog", "count": 1}, {"class": "cat", "count": 1, "position": ["left of", 1]}]
+            ),
             r"include\[1\] position index 1 must point to an earlier include clause",
         ),
-        (_meta_with(include=[{"class": "dog", "count": 1, "position": ["left of", 0]}]), r"include\[0\] position index 0"),
+        (
+            _meta_with(include=[{"class": "dog", "count": 1, "position": ["left of", 0]}]),
+            r"include\[0\] position index 0",
+        ),
         (_meta_with(exclude=[{"class": "dog"}]), r"exclude\[0\] is missing field 'count'"),
         ("tag=colors", "metadata is a str, not a mapping"),
     ],
@@ -405,7 +429,9 @@ def test_reward_crop_pastes_the_mask_on_grey():
     mask = torch.zeros(32, 32, dtype=torch.bool)
     mask[4:8, 4:8] = True
     colors = FakeColors({"car": "blue"})
-    reward = GenEvalReward(detector=FakeDetector([[det("car", 0.9, (2, 2, 10, 10), mask=mask)]]), color_classifier=colors)
+    reward = GenEvalReward(
+        detector=FakeDetector([[det("car", 0.9, (2, 2, 10, 10), mask=mask)]]), color_classifier=colors
+    )
     out = reward(images, ["a red car"], [RED_CAR])
     assert out.details["correct"].tolist() == [0.0] and out.scores.tolist() == [0.5]
     crop = colors.seen[0][0]
@@ -471,7 +497,10 @@ def test_real_stack_end_to_end(tiny_mask2former, tiny_clip):
         {"tag": "colors", "include": [{"class": "dog", "count": 1, "color": "red"}]},
         {
             "tag": "color_attr",
-            "include": [{"class": "cat", "count": 1, "color": "blue"}, {"class": "computer mouse", "count": 1, "color": "white"}],
+            "include": [
+                {"class": "cat", "count": 1, "color": "blue"},
+                {"class": "computer mouse", "count": 1, "color": "white"},
+            ],
         },
     ]
     prompts = ["a photo of a red dog", "a photo of a blue cat and a white computer mouse"]
@@ -483,5 +512,3 @@ def test_real_stack_end_to_end(tiny_mask2former, tiny_clip):
     assert ((out.scores >= 0) & (out.scores <= 1)).all()
     assert set(out.details) >= {"correct", "soft", "reasons", "tag"}
     assert Spy.calls == 1
-
-

@@ -8,10 +8,16 @@ import sys
 from collections import Counter
 
 import pytest
-
 from tdmr1_rewards.detectors import COCO_CLASSES, COLORS, Detection
 from tdmr1_rewards.geneval import RELATIONS, TAGS, evaluate, metadata_problem
-from tdmr1_rewards.geneval_prompts import generate_prompts, load_geneval_metadata, main, plural, with_article, write_jsonl
+from tdmr1_rewards.geneval_prompts import (
+    generate_prompts,
+    load_geneval_metadata,
+    main,
+    plural,
+    with_article,
+    write_jsonl,
+)
 
 
 def test_deterministic_from_the_seed():
@@ -44,19 +50,25 @@ def test_prompt_text_in_geneval_style():
     one = by_tag["single_object"]["include"][0]["class"]
     assert by_tag["single_object"]["prompt"] == f"a photo of {with_article(one)}"
     inc = by_tag["counting"]["include"][0]
-    assert by_tag["counting"]["prompt"] == f"a photo of {['two', 'three', 'four'][inc['count'] - 2]} {plural(inc['class'])}"
+    assert (
+        by_tag["counting"]["prompt"]
+        == f"a photo of {['two', 'three', 'four'][inc['count'] - 2]} {plural(inc['class'])}"
+    )
     c = by_tag["colors"]["include"][0]
     assert by_tag["colors"]["prompt"] == f"a photo of {with_article(c['color'] + ' ' + c['class'])}"
     b, a = by_tag["position"]["include"]
-    assert by_tag["position"]["prompt"] == f"a photo of {with_article(a['class'])} {a['position'][0]} {with_article(b['class'])}"
+    assert (
+        by_tag["position"]["prompt"]
+        == f"a photo of {with_article(a['class'])} {a['position'][0]} {with_article(b['class'])}"
+    )
     assert a["position"][1] == 0
 
 
 def test_english_helpers():
     assert [with_article(x) for x in ["apple", "orange car", "dog"]] == ["an apple", "an orange car", "a dog"]
-    assert [plural(x) for x in ["dog", "bus", "wine glass", "bench", "person", "knife", "sheep", "computer mouse", "skis"]] == [
-        "dogs", "buses", "wine glasses", "benches", "people", "knives", "sheep", "computer mice", "pairs of skis"
-    ]
+    assert [
+        plural(x) for x in ["dog", "bus", "wine glass", "bench", "person", "knife", "sheep", "computer mouse", "skis"]
+    ] == ["dogs", "buses", "wine glasses", "benches", "people", "knives", "sheep", "computer mice", "pairs of skis"]
 
 
 @pytest.mark.parametrize("relation", RELATIONS)
@@ -88,7 +100,9 @@ def test_module_cli(tmp_path):
     out = tmp_path / "p.jsonl"
     proc = subprocess.run(
         [sys.executable, "-m", "tdmr1_rewards.geneval_prompts", "--out", str(out), "--n", "500", "--seed", "0"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "wrote 500 prompts" in proc.stderr
     assert load_geneval_metadata(out) == generate_prompts(500, seed=0)
@@ -122,8 +136,14 @@ def test_loader_reads_published_style_lines(tmp_path):
         ('{"tag": "single_object", "include": [{"class": "dog", "count": 1}]}', "missing field 'prompt'"),
         ('{"include": [{"class": "dog", "count": 1}], "prompt": "a dog"}', "missing field 'tag'"),
         ('{"tag": "single_object", "prompt": "a dog"}', "missing field 'include'"),
-        ('{"tag": "single_object", "include": [{"class": "dog"}], "prompt": "a dog"}', r"include\[0\] is missing field 'count'"),
-        ('{"tag": "colors", "include": [{"class": "dog", "count": 1, "color": "teal"}], "prompt": "a teal dog"}', "'teal'"),
+        (
+            '{"tag": "single_object", "include": [{"class": "dog"}], "prompt": "a dog"}',
+            r"include\[0\] is missing field 'count'",
+        ),
+        (
+            '{"tag": "colors", "include": [{"class": "dog", "count": 1, "color": "teal"}], "prompt": "a teal dog"}',
+            "'teal'",
+        ),
         ('{"tag": "single_object", "include": [{"class": "dog", "count": 1}], "prompt": "a dog"', "invalid JSON"),
         ('["a dog"]', "expected a JSON object"),
     ],

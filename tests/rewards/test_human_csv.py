@@ -16,10 +16,10 @@ import torch
 
 pytest.importorskip("open_clip")
 from PIL import Image  # noqa: E402
-
-from tdmr1_lightning.reward import Reward  # noqa: E402
 from tdmr1_rewards import _clip  # noqa: E402
 from tdmr1_rewards.human_csv import HumanCSVError, HumanCSVReward, read_image, read_labels  # noqa: E402
+
+from tdmr1_lightning.reward import Reward  # noqa: E402
 
 TINY = {
     "embed_dim": 16,
@@ -126,7 +126,10 @@ def test_score_column_ridge_regression(tmp_path: Path) -> None:
     assert reward.target == "score"
     ts = torch.linspace(0, 1, 9)
     images = torch.stack(
-        [(torch.tensor([40 + 180 * t, 40.0, 220 - 180 * t]).view(3, 1, 1).expand(3, 24, 24)).to(torch.uint8) for t in ts]
+        [
+            (torch.tensor([40 + 180 * t, 40.0, 220 - 180 * t]).view(3, 1, 1).expand(3, 24, 24)).to(torch.uint8)
+            for t in ts
+        ]
     )
     out = reward(images, PROMPTS[:1] * 9)
     assert out.scores.shape == (9,) and out.valid.all()
@@ -175,8 +178,9 @@ def test_preference_groups(liked_red: Path, tmp_path: Path) -> None:
 
     # groups without contrast are left out unless asked for
     _save(_picture(True, torch.Generator().manual_seed(0)), tmp_path / "a.png")
-    csv = _write_csv(tmp_path / "g.csv", "prompt,image,label",
-                     ["p1,a.png,1", "p1,a.png,0", "p2,a.png,1", "p2,a.png,1", "p3,a.png,0"])
+    csv = _write_csv(
+        tmp_path / "g.csv", "prompt,image,label", ["p1,a.png,1", "p1,a.png,0", "p2,a.png,1", "p2,a.png,1", "p3,a.png,0"]
+    )
     reward = HumanCSVReward(str(csv), model=TINY, pretrained=None)
     assert [g.prompt for g in reward.preference_groups()] == ["p1"]
     everything = reward.preference_groups(include_uniform=True)
@@ -212,13 +216,13 @@ def test_bad_csv_missing_columns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_bad_csv_lists_every_offending_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _save(_picture(True, torch.Generator().manual_seed(0)), tmp_path / "ok.png")
     rows = [
-        "a,ok.png,like",          # line 2: fine
-        "b,missing.png,like",     # line 3: image not found
-        "c,ok.png,maybe",         # line 4: unknown label
-        ",ok.png,0",              # line 5: empty prompt
-        "d,ok.png",               # line 6: too few fields
+        "a,ok.png,like",  # line 2: fine
+        "b,missing.png,like",  # line 3: image not found
+        "c,ok.png,maybe",  # line 4: unknown label
+        ",ok.png,0",  # line 5: empty prompt
+        "d,ok.png",  # line 6: too few fields
         '"e, with comma",gone.png,perhaps',  # line 7: two problems
-        "f,ok.png,no",            # line 8: fine
+        "f,ok.png,no",  # line 8: fine
     ]
     err = _error(_write_csv(tmp_path / "bad.csv", "prompt,image,label", rows), monkeypatch)
     lines = [line for line, _ in err.problems]

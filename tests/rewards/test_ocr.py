@@ -10,7 +10,6 @@ import random
 import numpy as np
 import pytest
 import torch
-
 from tdmr1_rewards.ocr import (
     OCRReward,
     default_model_dir,
@@ -232,7 +231,9 @@ MARKER = 77  # a flat grey image the patched engine fails on
 
 
 @pytest.mark.parametrize("stage", ["detect", "recognize"])
-def test_engine_failure_marks_only_that_sample_invalid(reward: OCRReward, monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
+def test_engine_failure_marks_only_that_sample_invalid(
+    reward: OCRReward, monkeypatch: pytest.MonkeyPatch, stage: str
+) -> None:
     original = getattr(reward.reader, stage)
 
     def failing(image, *args, **kwargs):

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from tdmr1_rewards.ocr import OCRReward, extract_target, normalise_text
 from tdmr1_rewards.ocr_prompts import (
     TEMPLATES,
@@ -65,7 +64,9 @@ def test_write_and_load_round_trip(tmp_path: Path, name: str) -> None:
 
 def test_loader_reads_flow_grpo_style_text(tmp_path: Path) -> None:
     path = tmp_path / "test.txt"
-    path.write_text('A poster with the text "Hello World" on a wall\n\n  A mug that says "Coffee"  \n', encoding="utf-8")
+    path.write_text(
+        'A poster with the text "Hello World" on a wall\n\n  A mug that says "Coffee"  \n', encoding="utf-8"
+    )
     assert load_ocr_prompts(path) == [
         {"prompt": 'A poster with the text "Hello World" on a wall', "text": "Hello World"},
         {"prompt": 'A mug that says "Coffee"', "text": "Coffee"},
@@ -74,7 +75,9 @@ def test_loader_reads_flow_grpo_style_text(tmp_path: Path) -> None:
 
 def test_loader_errors_name_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "ocr.txt"
-    path.write_text('A sign "OK"\n\n# a comment\nno quotes here\nA sign with ""\nA \u201ccurly\u201d sign\n', encoding="utf-8")
+    path.write_text(
+        'A sign "OK"\n\n# a comment\nno quotes here\nA sign with ""\nA \u201ccurly\u201d sign\n', encoding="utf-8"
+    )
     with pytest.raises(OCRPromptFileError) as info:
         load_ocr_prompts(path)
     message = str(info.value)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from tdmr1_rewards.geneval import GenEvalReward
 
 from tdmr1_lightning.data import load_prompts
 from tdmr1_lightning.shapes import SHAPES, ShapesDetector, World, render, render_batch, scene_for
@@ -22,7 +23,6 @@ from tdmr1_lightning.shapes.breakdown import (
     load_world,
     main,
 )
-from tdmr1_rewards.geneval import GenEvalReward
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ROOT / "configs" / "prompts" / "shapes" / "test.jsonl"
@@ -46,9 +46,7 @@ def _scenes() -> list[tuple[dict, list, str]]:
     other = next(c for c in WORLD.colors if c != a.color)
     recoloured = [dataclasses.replace(a, color=other), b]
     asked = scene_for(count, 1, WORLD)
-    free = next(
-        (r, c) for r in range(2) for c in range(2) if all((o.top // 16, o.left // 16) != (r, c) for o in asked)
-    )
+    free = next((r, c) for r in range(2) for c in range(2) if all((o.top // 16, o.left // 16) != (r, c) for o in asked))
     fourth = dataclasses.replace(asked[0], left=free[1] * 16 + 3, top=free[0] * 16 + 3)
     return [
         (position, right, "correct"),
@@ -70,8 +68,12 @@ def scored():
     metas = [{k: v for k, v in r.items() if k != "prompt"} for r in records]
     out = reward.score(render_batch([s for _, s, _ in cases], world=WORLD), [r["prompt"] for r in records], metas)
     samples = [
-        {"prompt": r["prompt"], "tag": r["tag"], "correct": {"shapes_geneval": bool(c)},
-         "reasons": {"shapes_geneval": why}}
+        {
+            "prompt": r["prompt"],
+            "tag": r["tag"],
+            "correct": {"shapes_geneval": bool(c)},
+            "reasons": {"shapes_geneval": why},
+        }
         for r, c, why in zip(records, out.details["correct"].tolist(), out.details["reasons"])
     ]
     return cases, samples
@@ -90,7 +92,13 @@ def test_failure_kinds_of_the_scorers_own_reasons(scored):
 def test_held_out_kinds_of_shipped_prompts():
     kinds = {held_out_kinds(r, HELD) for r in RECORDS}
     assert () not in kinds  # every test prompt holds a held-out combination
-    assert {("colors",), ("relation",), ("counted",), ("pair",), ("colors", "relation")} <= kinds  # count triples held out
+    assert {
+        ("colors",),
+        ("relation",),
+        ("counted",),
+        ("pair",),
+        ("colors", "relation"),
+    } <= kinds  # count triples held out
     train = load_prompts(PROMPTS.parent / "train.jsonl")
     assert all(held_out_kinds(r, HELD) == () for r in train)
 
@@ -128,7 +136,7 @@ def test_cli_prints_both_tables_and_names_bad_input(scored, tmp_path, capsys):
     assert main(["--prompts", str(PROMPTS), str(tmp_path / "nowhere")]) == 2
     assert "nowhere: no such file" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps(samples[0]) + "\n{\"prompt\": 1}\n")
+    bad.write_text(json.dumps(samples[0]) + '\n{"prompt": 1}\n')
     assert main(["--prompts", str(PROMPTS), str(bad)]) == 2
     assert "bad.jsonl, line 2: not a sample" in capsys.readouterr().err
     stranger = tmp_path / "stranger.jsonl"
@@ -176,7 +184,11 @@ def test_shapes_drawn_read_back_from_saved_images(scored, tmp_path, capsys):
     _save(run, 1, position, [scene_for(position, 0, WORLD)])
     assert drawn_by_tag(run, ShapesDetector(WORLD)) == {
         "counting": {
-            "as asked": 1, "a wrong shape": 1, "too few objects": 1, "too many objects": 1, "a shape not named": 1,
+            "as asked": 1,
+            "a wrong shape": 1,
+            "too few objects": 1,
+            "too many objects": 1,
+            "a shape not named": 1,
         },
         "position": {"as asked": 1, "a shape not named": 0},
     }

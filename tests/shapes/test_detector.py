@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import random
-import time
 
 import numpy as np
 import pytest
 import torch
+from tdmr1_rewards.detectors import Detector
+from tdmr1_rewards.geneval import GenEvalReward, relative_position
 
 from tdmr1_lightning.shapes import (
     DEFAULT_SHAPES,
@@ -22,8 +23,6 @@ from tdmr1_lightning.shapes import (
     render_batch,
     shape_template,
 )
-from tdmr1_rewards.detectors import Detector
-from tdmr1_rewards.geneval import GenEvalReward, relative_position
 
 
 def _truth(scene, world):
@@ -49,10 +48,7 @@ def test_exact_on_2000_random_scenes():
     rng = random.Random(0)
     scenes = [random_scene(rng, world) for _ in range(2000)]
     images = render_batch(scenes, world=world)
-    start = time.perf_counter()
-    results = detector.detect(images)
-    per_image = (time.perf_counter() - start) / len(scenes)
-    assert per_image < 0.02  # ~0.3 ms measured; loose for shared CPUs
+    results = detector.detect(images)  # its speed: benchmarks/shapes_detector.py
     for scene, dets in zip(scenes, results):
         assert _found(dets) == _truth(scene, world)
         assert all(d.score == 1.0 for d in dets)
@@ -76,7 +72,15 @@ def test_exact_on_2000_random_scenes():
         World(shapes=SHAPES, grid=3),
     ],
     ids=[
-        "grid3", "24px-grid2", "48px-grid3", "64px-grid4", "narrow", "7-colours", "grey-bg", "4-shapes", "4-shapes-grid3",
+        "grid3",
+        "24px-grid2",
+        "48px-grid3",
+        "64px-grid4",
+        "narrow",
+        "7-colours",
+        "grey-bg",
+        "4-shapes",
+        "4-shapes-grid3",
     ],
 )
 def test_exact_on_other_worlds(world):
@@ -141,7 +145,11 @@ def test_robust_to_blur(shapes):
     for scene, dets in zip(scenes, results):
         assert sorted((d.label, d.color) for d in dets) == sorted((o.shape, o.color) for o in scene)
         for d in dets:
-            near = [o for o in scene if (o.shape, o.color) == (d.label, d.color) and np.abs(np.subtract(o.box, d.box)).max() <= 1]
+            near = [
+                o
+                for o in scene
+                if (o.shape, o.color) == (d.label, d.color) and np.abs(np.subtract(o.box, d.box)).max() <= 1
+            ]
             assert len(near) == 1
 
 
@@ -216,7 +224,14 @@ def test_parse_accepts_scenes_and_refuses_clutter():
     speck2[:, 20:21, 20:22] = torch.tensor(world.rgb("blue"), dtype=torch.uint8).view(3, 1, 1)  # 2: tolerated
     blob = render((square, ShapeObject("square", "green", 10, 2, 8)), world=world)  # two run together
     four = render([ShapeObject("square", c, 2 + 8 * i, 20, 6) for i, c in enumerate(world.colors)], world=world)
-    assert detector.parse(torch.stack([canvas, blank, speck3, speck2, blob, four])) == [True, False, False, True, False, False]
+    assert detector.parse(torch.stack([canvas, blank, speck3, speck2, blob, four])) == [
+        True,
+        False,
+        False,
+        True,
+        False,
+        False,
+    ]
     assert detector.parse(speck3[None], max_stray_pixels=3) == [True]
     assert detector.parse(blank[:0][None][:0]) == []
 

@@ -2,7 +2,7 @@
 
 The run is :func:`tdmr1_lightning.shapes.learning.reward_before_and_after` (the quick start's config
 on a fixed prompt set); ``python benchmarks/shapes_learning.py`` repeats it over seeds. The margin
-comes from those repeated runs with the shipped files (docs/shapes.md, "Does TDM-R1 learn here?"),
+comes from those repeated runs with the shipped files (docs/experiments/shapes.md, "Does TDM-R1 learn here?"),
 measured after the generator loss took the reference's weights and the surrogate's own guidance:
 seeds 0, 1, 2 gained +0.031, +0.042, +0.015; without the reward term (``--model.reward_weight=0``,
 the TDM part alone, which now raises the score in two seeds) +0.012, +0.014,
@@ -22,7 +22,11 @@ SEED, MARGIN = 1, 0.028
 @pytest.mark.slow
 def test_two_epochs_from_the_shipped_student_raise_the_mean_reward(tmp_path):
     before, after = reward_before_and_after(
-        tmp_path, seed=SEED, num_prompts=NUM_PROMPTS, prompts_per_step=PROMPTS_PER_STEP, epochs=EPOCHS,
+        tmp_path,
+        seed=SEED,
+        num_prompts=NUM_PROMPTS,
+        prompts_per_step=PROMPTS_PER_STEP,
+        epochs=EPOCHS,
         images_per_prompt=IMAGES_PER_PROMPT,
     )
     assert after - before > MARGIN, f"mean soft GenEval score {before:.4f} -> {after:.4f}"

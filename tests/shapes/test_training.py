@@ -29,11 +29,17 @@ def test_data_module_batches_avoid_held_out_combinations():
     held = comp.dataset.held_out
     assert held.color_pair and not held.color_shape
     assert not any(is_held_out(comp.dataset.record(i), held) for i in range(32))
-    two = ShapesDataModule(batch_size=8, steps_per_epoch=4, held_out_fraction=0.3, held_out_split="compositions",
-                           held_out_count_partners=2).dataset.held_out
+    two = ShapesDataModule(
+        batch_size=8, steps_per_epoch=4, held_out_fraction=0.3, held_out_split="compositions", held_out_count_partners=2
+    ).dataset.held_out
     assert {n for n, _ in two.count_shape} == {2, 3} and {n for n, _ in held.count_shape} == {3}
-    triples = ShapesDataModule(batch_size=8, steps_per_epoch=8, held_out_fraction=0.3, held_out_split="compositions",
-                               held_out_count_triples=True).dataset
+    triples = ShapesDataModule(
+        batch_size=8,
+        steps_per_epoch=8,
+        held_out_fraction=0.3,
+        held_out_split="compositions",
+        held_out_count_triples=True,
+    ).dataset
     assert triples.held_out.count_binding and not triples.held_out.count_shape
     assert not any(is_held_out(triples.record(i), triples.held_out) for i in range(64))
 
@@ -67,15 +73,23 @@ def test_registered_reward_scores_rendered_scenes():
     assert reward(blank, [r["prompt"] for r in records], metadata).scores.sum() == 0
 
 
-def test_teacher_config_trains_and_exports(tmp_path, monkeypatch):
+def test_teacher_config_trains_and_exports(tmp_path, quiet_trainer, monkeypatch):
     monkeypatch.chdir(ROOT)
-    cli = build_cli([
-        "--config", "configs/shapes/teacher.yaml",
-        f"--model.init_args.backbone.init_args.directory={tmp_path / 'init'}",
-        "--model.init_args.backbone.init_args.num_layers=1", f"--model.init_args.export_dir={tmp_path / 'pipeline'}",
-        "--data.init_args.batch_size=4", "--trainer.max_steps=3", f"--trainer.default_root_dir={tmp_path}",
-        "--trainer.logger=false", "--trainer.enable_progress_bar=false",
-    ], run=False)
+    cli = build_cli(
+        [
+            "--config",
+            "configs/shapes/teacher.yaml",
+            f"--model.init_args.backbone.init_args.directory={tmp_path / 'init'}",
+            "--model.init_args.backbone.init_args.num_layers=1",
+            f"--model.init_args.export_dir={tmp_path / 'pipeline'}",
+            "--data.init_args.batch_size=4",
+            "--trainer.max_steps=3",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.logger=false",
+            *quiet_trainer,
+        ],
+        run=False,
+    )
     cli.trainer.fit(cli.model, cli.datamodule)
     assert cli.trainer.global_step == 3
     assert (tmp_path / "pipeline" / "transformer").is_dir() and (tmp_path / "pipeline" / "model_index.json").is_file()
@@ -94,22 +108,34 @@ def test_reward_refuses_prompts_outside_the_world_naming_the_word():
 
 
 @pytest.mark.parametrize("stop", [2, 3], ids=["mid-epoch", "end-of-epoch"])
-def test_teacher_run_resumed_from_a_checkpoint_equals_the_straight_run(tmp_path, monkeypatch, stop):
+def test_teacher_run_resumed_from_a_checkpoint_equals_the_straight_run(tmp_path, quiet_trainer, monkeypatch, stop):
     """``--ckpt_path`` continues the scene order and the training draws: weights and EMA as if never stopped."""
     from lightning.pytorch.callbacks import EMAWeightAveraging
 
     monkeypatch.chdir(ROOT)
 
     def cli(name, max_steps):
-        every_step = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",  # as a long run's every 500 steps
-                      "init_args": {"every_n_train_steps": 1, "save_top_k": -1, "dirpath": str(tmp_path / name / "steps")}}
-        return build_cli([
-            "--config", "configs/shapes/teacher.yaml", f"--trainer.callbacks+={json.dumps(every_step)}",
-            f"--model.init_args.backbone.init_args.directory={tmp_path / 'init'}",
-            "--model.init_args.backbone.init_args.num_layers=1", "--model.init_args.export_dir=null",
-            "--data.init_args.batch_size=4", "--data.init_args.steps_per_epoch=3", f"--trainer.max_steps={max_steps}",
-            f"--trainer.default_root_dir={tmp_path / name}", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
-        ], run=False)
+        every_step = {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",  # as a long run's every 500 steps
+            "init_args": {"every_n_train_steps": 1, "save_top_k": -1, "dirpath": str(tmp_path / name / "steps")},
+        }
+        return build_cli(
+            [
+                "--config",
+                "configs/shapes/teacher.yaml",
+                f"--trainer.callbacks+={json.dumps(every_step)}",
+                f"--model.init_args.backbone.init_args.directory={tmp_path / 'init'}",
+                "--model.init_args.backbone.init_args.num_layers=1",
+                "--model.init_args.export_dir=null",
+                "--data.init_args.batch_size=4",
+                "--data.init_args.steps_per_epoch=3",
+                f"--trainer.max_steps={max_steps}",
+                f"--trainer.default_root_dir={tmp_path / name}",
+                "--trainer.logger=false",
+                *quiet_trainer,
+            ],
+            run=False,
+        )
 
     straight = cli("straight", 5)
     straight.trainer.fit(straight.model, straight.datamodule)
@@ -131,5 +157,7 @@ def test_teacher_run_resumed_from_a_checkpoint_equals_the_straight_run(tmp_path,
     # ... and the run did train: a resumed run that repeated the first steps' batches or draws would not match
     start = cli("start", 0).model
     start.configure_model()
-    assert any(not torch.allclose(v, straight.model.backbone.roles.base.state_dict()[k])
-               for k, v in start.backbone.roles.base.state_dict().items())
+    assert any(
+        not torch.allclose(v, straight.model.backbone.roles.base.state_dict()[k])
+        for k, v in start.backbone.roles.base.state_dict().items()
+    )

@@ -10,6 +10,8 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from tdmr1_rewards.geneval import TAGS, GenEvalReward, metadata_problem, relative_position
+from tdmr1_rewards.geneval_prompts import load_geneval_metadata
 
 from tdmr1_lightning.data import load_prompts
 from tdmr1_lightning.shapes import (
@@ -34,8 +36,6 @@ from tdmr1_lightning.shapes import (
     split_prompts,
 )
 from tdmr1_lightning.shapes.world import main, seen_prompts
-from tdmr1_rewards.geneval import TAGS, GenEvalReward, metadata_problem, relative_position
-from tdmr1_rewards.geneval_prompts import load_geneval_metadata
 
 WORLD = World()
 
@@ -150,7 +150,10 @@ def test_sample_prompt_all_tags_in_geneval_schema():
         },
         "a photo of a green triangle and a yellow circle": {
             "tag": "color_attr",
-            "include": [{"class": "triangle", "count": 1, "color": "green"}, {"class": "circle", "count": 1, "color": "yellow"}],
+            "include": [
+                {"class": "triangle", "count": 1, "color": "green"},
+                {"class": "circle", "count": 1, "color": "yellow"},
+            ],
         },
         "a photo of a triangle and a circle": {
             "tag": "two_object",
@@ -173,7 +176,12 @@ def test_enumerated_prompts_distinct_and_round_trip():
     records = enumerate_prompts(WORLD)
     assert len({r["prompt"] for r in records}) == len(records) == 501
     assert Counter(r["tag"] for r in records) == {
-        "single_object": 3, "two_object": 6, "counting": 24, "colors": 12, "position": 384, "color_attr": 72
+        "single_object": 3,
+        "two_object": 6,
+        "counting": 24,
+        "colors": 12,
+        "position": 384,
+        "color_attr": 72,
     }
     for r in records:
         assert parse_prompt(r["prompt"], WORLD) == r
@@ -181,7 +189,9 @@ def test_enumerated_prompts_distinct_and_round_trip():
     for r in enumerate_prompts(other):
         assert parse_prompt(r["prompt"], other) == r
     assert parse_prompt("a photo of one circle", other)["tag"] == "counting"
-    assert parse_prompt("a photo of an orange square", other)["include"] == [{"class": "square", "count": 1, "color": "orange"}]
+    assert parse_prompt("a photo of an orange square", other)["include"] == [
+        {"class": "square", "count": 1, "color": "orange"}
+    ]
 
 
 def test_parse_prompt_errors():
@@ -258,7 +268,9 @@ def _wrong_scenes(record, scene, world, rng):
         free = [c for c in range(world.grid**2) if (c // world.grid, c % world.grid) not in {o.cell for o in objs}]
         cell = rng.choice(free)
         bounds = world.cell_bounds()
-        extra = dataclasses.replace(objs[0], left=bounds[cell % world.grid] + 1, top=bounds[cell // world.grid] + 1, cell=None)
+        extra = dataclasses.replace(
+            objs[0], left=bounds[cell % world.grid] + 1, top=bounds[cell // world.grid] + 1, cell=None
+        )
         out.append(("one more", tuple(objs) + (extra,)))
     else:
         out.append(("missing object", tuple(objs[1:])))
@@ -298,7 +310,11 @@ def test_scene_for_refuses_what_the_world_cannot_show():
         twice = [{"class": "circle", "count": 1}, {"class": "circle", "count": 1}]
         scene_for({"tag": "two_object", "include": twice}, rng, WORLD)
     with pytest.raises(ValueError, match="excludes"):
-        meta = {"tag": "counting", "include": [{"class": "circle", "count": 2}], "exclude": [{"class": "circle", "count": 2}]}
+        meta = {
+            "tag": "counting",
+            "include": [{"class": "circle", "count": 2}],
+            "exclude": [{"class": "circle", "count": 2}],
+        }
         scene_for(meta, rng, WORLD)
     # avoided (colour, shape) pairs are never drawn for objects whose colour is free
     for _ in range(200):
@@ -331,7 +347,10 @@ def test_held_out_split(seed, tmp_path):
     # mirrored relations are held out together
     for a, rel, b in held.relation:
         mirror = {"left of": "right of", "above": "below"}[rel]
-        r = {"tag": "position", "include": [{"class": a, "count": 1}, {"class": b, "count": 1, "position": [mirror, 0]}]}
+        r = {
+            "tag": "position",
+            "include": [{"class": a, "count": 1}, {"class": b, "count": 1, "position": [mirror, 0]}],
+        }
         assert is_held_out(r, held)
     # deterministic
     again = make_prompt_sets(WORLD, n_train=3000, n_test=256, seed=seed)
@@ -340,8 +359,9 @@ def test_held_out_split(seed, tmp_path):
 
 @pytest.mark.parametrize("seed", range(3))
 def test_compositions_split_keeps_every_binding_in_training(seed):
-    train, test, held = make_prompt_sets(WORLD, n_train=1200, n_test=220, seed=seed, held_out_fraction=0.3,
-                                         split="compositions")
+    train, test, held = make_prompt_sets(
+        WORLD, n_train=1200, n_test=220, seed=seed, held_out_fraction=0.3, split="compositions"
+    )
     assert not held.color_shape and held.color_pair and held.count_shape and held.shape_pair and held.relation
     combos = held.combinations()
     assert all(not prompt_combinations(r) & combos for r in train)
@@ -356,8 +376,10 @@ def test_compositions_split_keeps_every_binding_in_training(seed):
     # the two coloured objects are one combination whatever their order in the prompt
     c1, s1, c2, s2 = sorted(held.color_pair)[0]
     for a, b in (((c1, s1), (c2, s2)), ((c2, s2), (c1, s1))):
-        r = {"tag": "color_attr", "include": [{"class": a[1], "count": 1, "color": a[0]},
-                                              {"class": b[1], "count": 1, "color": b[0]}]}
+        r = {
+            "tag": "color_attr",
+            "include": [{"class": a[1], "count": 1, "color": a[0]}, {"class": b[1], "count": 1, "color": b[0]}],
+        }
         assert is_held_out(r, held)
     with pytest.raises(ValueError, match="unknown held-out split"):
         held_out_combinations(WORLD, 0.25, split="colours")
@@ -379,7 +401,9 @@ def test_count_partners_keep_every_count_with_two_shapes(seed):
     assert held == two
     counting = {(r["include"][0]["count"], r["include"][0]["class"]) for r in train if r["tag"] == "counting"}
     assert counting == trained
-    assert {(r["include"][0]["count"], r["include"][0]["class"]) for r in test if r["tag"] == "counting"} == two.count_shape
+    assert {
+        (r["include"][0]["count"], r["include"][0]["class"]) for r in test if r["tag"] == "counting"
+    } == two.count_shape
     # more partners than the world has shapes: as many as there are, which holds nothing out
     assert held_out_combinations(WORLD, 0.3, seed, "compositions", count_partners=5).count_shape == frozenset()
     if seed == 0:
@@ -393,7 +417,11 @@ def test_count_triples_hold_out_counts_whose_every_pair_is_trained(seed):
     pairs = held_out_combinations(WORLD, 0.3, seed, "compositions")
     triples = held_out_combinations(WORLD, 0.3, seed, "compositions", count_triples=True)
     assert not triples.count_shape and len(triples.count_binding) == round(0.3 * 24)
-    assert (triples.color_pair, triples.relation, triples.shape_pair) == (pairs.color_pair, pairs.relation, pairs.shape_pair)
+    assert (triples.color_pair, triples.relation, triples.shape_pair) == (
+        pairs.color_pair,
+        pairs.relation,
+        pairs.shape_pair,
+    )
     train, test, held = make_prompt_sets(WORLD, 1200, 200, seed, 0.3, split="compositions", count_triples=True)
     assert held == triples
     counted = lambda r: (r["include"][0]["count"], r["include"][0]["color"], r["include"][0]["class"])  # noqa: E731
@@ -450,12 +478,45 @@ def test_cli(tmp_path, capsys):
     assert Image.open(tmp_path / "preview.png").size == (8 * 130 + 2, 2 * 130 + 2)
     assert len((tmp_path / "preview.txt").read_text().splitlines()) == 13
     assert "held out" in capsys.readouterr().err
-    assert main(["--out-dir", str(tmp_path), "--test", "200", "--split", "compositions", "--held-out-fraction", "0.3",
-                 "--count-partners", "2", "--preview", "0"]) == 0
+    assert (
+        main(
+            [
+                "--out-dir",
+                str(tmp_path),
+                "--test",
+                "200",
+                "--split",
+                "compositions",
+                "--held-out-fraction",
+                "0.3",
+                "--count-partners",
+                "2",
+                "--preview",
+                "0",
+            ]
+        )
+        == 0
+    )
     info = json.loads((tmp_path / "world.json").read_text())
     assert info["count_partners"] == 2 and sorted(n for n, _ in info["held_out"]["count_shape"]) == [2, 3]
-    assert main(["--out-dir", str(tmp_path), "--test", "200", "--split", "compositions", "--held-out-fraction", "0.3",
-                 "--count-triples", "--preview", "0"]) == 0
+    assert (
+        main(
+            [
+                "--out-dir",
+                str(tmp_path),
+                "--test",
+                "200",
+                "--split",
+                "compositions",
+                "--held-out-fraction",
+                "0.3",
+                "--count-triples",
+                "--preview",
+                "0",
+            ]
+        )
+        == 0
+    )
     info = json.loads((tmp_path / "world.json").read_text())
     assert info["count_triples"] and len(info["held_out"]["count_binding"]) == 7 and not info["held_out"]["count_shape"]
     with pytest.raises(SystemExit):
@@ -492,7 +553,7 @@ def test_dataset_respects_held_out_and_records():
     data = ShapesDataset(WORLD, length=300, seed=0, held_out=held)
     detector = ShapesDetector(WORLD)
     items = [data[i] for i in range(300)]
-    for (image, prompt, meta), dets in zip(items, detector.detect(torch.stack([it[0] for it in items]))):
+    for (_image, _prompt, meta), dets in zip(items, detector.detect(torch.stack([it[0] for it in items]))):
         assert not is_held_out(meta, held)
         assert not {(d.color, d.label) for d in dets} & held.color_shape  # free colours avoid held-out pairs too
     records = [parse_prompt("a photo of two blue squares"), parse_prompt("a photo of a circle")]

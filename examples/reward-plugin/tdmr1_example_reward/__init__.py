@@ -1,7 +1,5 @@
 """An example reward plugin: how red the image is."""
 
-import torch
-
 from tdmr1_lightning.reward import Reward, RewardOutput
 
 
@@ -19,4 +17,6 @@ class Redness(Reward):
         x = images.float()
         red, other = x[:, 0], x[:, 1:].amax(dim=1)
         redness = ((red - other - self.margin).clamp(min=-255, max=255) / 255).mean(dim=(1, 2))
-        return RewardOutput(scores=redness, details={"red_pixels": (red > other + self.margin).float().mean(dim=(1, 2)).tolist()})
+        return RewardOutput(
+            scores=redness, details={"red_pixels": (red > other + self.margin).float().mean(dim=(1, 2)).tolist()}
+        )
