@@ -19,6 +19,7 @@ def test_there_are_configs():
     assert {p.name for p in CONFIGS} >= {"tiny.yaml", "sd35_tdm.yaml"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
 def test_config_parses_against_the_signatures(config, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -65,6 +66,7 @@ def test_unknown_reward_is_named_with_the_installed_ones(tmp_path, tiny_sd3_path
         )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "override,match",
     [
@@ -184,6 +186,7 @@ def test_shapes_teacher_trains_on_the_shipped_prompt_split():
     assert len(records) >= 200 and all(is_held_out(r, held) for r in records)
 
 
+@pytest.mark.slow
 def test_config_paths_resolve_against_the_config_folder(tmp_path, tiny_sd3_path, quiet_trainer, monkeypatch):
     # from another working directory, the config's own relative paths still name its files; the run's saved
     # config names them absolutely; a path given on the command line is relative to the working directory

@@ -163,6 +163,7 @@ def test_generator_ema_writes_table_results_and_images(tmp_path, tiny_sd3_path, 
     assert json.loads((out / "images/00002/metadata.jsonl").read_text()) == RECORDS[2]
 
 
+@pytest.mark.slow
 def test_teacher_at_n_steps_with_guidance(tmp_path, tiny_sd3_path, prompts, capsys):
     out = tmp_path / "out"
     args = [
@@ -294,6 +295,7 @@ def test_small_tags_get_more_samples_per_prompt():
 # ------------------------------------------------------------------------------------------ sampling and checkpoints
 
 
+@pytest.mark.slow
 def test_sampler_matches_generate_and_ignores_batch_size(tmp_path, tiny_cli):
     module = tiny_cli(tmp_path).model
     module.configure_model()
@@ -318,6 +320,7 @@ def test_sampler_matches_generate_and_ignores_batch_size(tmp_path, tiny_cli):
     assert not torch.equal(together, sample_images(module, prompts, noise, TEACHER, step_boundaries(2, 3.0), 1.0))
 
 
+@pytest.mark.slow
 def test_checkpoint_of_a_short_fit_is_loaded(tmp_path, tiny_sd3_path, tiny_cli, prompts):
     fit = tiny_cli(tmp_path / "fit", "--trainer.max_steps=2")
     fit.trainer.fit(fit.model, fit.datamodule)
@@ -422,6 +425,7 @@ def test_evaluation_error_without_a_parser(tmp_path, prompts):
 # ------------------------------------------------------------------------------------------ EvaluateOnFit
 
 
+@pytest.mark.slow
 def test_evaluate_on_fit_compares_start_end_and_teacher(tmp_path, tiny_cli, prompts, fake_reward, capsys):
     from tdmr1_lightning.evaluation import EvaluateOnFit
 
@@ -466,6 +470,7 @@ def test_evaluate_on_fit_compares_start_end_and_teacher(tmp_path, tiny_cli, prom
     )
 
 
+@pytest.mark.slow
 def test_two_named_evaluations_keep_apart(tmp_path, tiny_cli, prompts, fake_reward, capsys):
     from tdmr1_lightning.evaluation import EvaluateOnFit
 

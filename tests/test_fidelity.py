@@ -68,6 +68,7 @@ def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["tdm", "tdmr1"])
 def test_gradient_checkpointing_trains_exactly_the_same_updates(tmp_path, fit, mode):
     # Between the generator's forward and its backward the fake score, the teacher and the surrogate are
@@ -98,6 +99,7 @@ def test_gradient_checkpointing_trains_exactly_the_same_updates(tmp_path, fit, m
         assert _relative_error(ckpt_params[role], plain_params[role]) <= 1e-6, role
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_in_full_copy_mode(tmp_path, fit):
     runs = []
     for checkpointing in ("false", "true"):
@@ -117,6 +119,7 @@ def test_gradient_checkpointing_in_full_copy_mode(tmp_path, fit):
         assert _relative_error(runs[1][role], runs[0][role]) <= 1e-6, role
 
 
+@pytest.mark.slow
 def test_ema_decays_count_the_updates_made_before(tmp_path, fit):
     # section 8.6: the first generator EMA decay is (1 + 0) / (10 + 0) = 0.1, the first surrogate-old decay 0.001
     before = {}
@@ -134,6 +137,7 @@ def test_ema_decays_count_the_updates_made_before(tmp_path, fit):
             assert torch.allclose(e, decay * s0 + (1 - decay) * s, atol=1e-7), ema
 
 
+@pytest.mark.slow
 def test_surrogate_guidance_is_its_own(tmp_path, fit, monkeypatch):
     # section 8.1: the reward term gets the surrogate's conditional AND unconditional predictions; while
     # the surrogate still equals the teacher its conditional one is the teacher's B exactly
@@ -188,6 +192,7 @@ def test_critic_optimizer_settings_have_one_source(tmp_path, tiny_sd3_path):
     assert fake["weight_decay"] == surrogate["weight_decay"] == 1e-4
 
 
+@pytest.mark.slow
 def test_every_query_level_keeps_the_margin(tmp_path, fit, monkeypatch):
     # section 8.3: u ~ U[S^-1(lower) + 0.02, 1] for the fake score's and the generator's x_s, the generator's
     # x_s' (lower = max(s_{j+1}, s_min_gen)) and the surrogate's training level (lower = max(s_n, s_min_reward))
@@ -213,6 +218,7 @@ def test_every_query_level_keeps_the_margin(tmp_path, fit, monkeypatch):
     assert cli.trainer.global_step == 1
 
 
+@pytest.mark.slow
 def test_the_fake_score_is_trained_at_the_level_the_generator_queries_it(tmp_path, fit, monkeypatch):
     # the reference draws one level tau per boundary for both (scripts/train_tdmr1_pub.py: tau_list[j])
     from tdmr1_lightning.backbones.sd3 import SD3Backbone as Family

@@ -59,6 +59,7 @@ def _changed(before, after):
     return any(not torch.equal(a, b) for a, b in zip(before, after))
 
 
+@pytest.mark.slow
 def test_fit_two_epochs_trains_the_roles_and_not_the_teacher(tmp_path, tiny_args):
     cli = build_cli(tiny_args(tmp_path, "--trainer.max_epochs=2", "--trainer.max_steps=-1"), run=False)
     snap = Snapshot()
@@ -102,6 +103,7 @@ def test_fit_two_epochs_trains_the_roles_and_not_the_teacher(tmp_path, tiny_args
         assert not _changed(bb.roles.parameters_of(role), fresh.backbone.roles.parameters_of(role))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("updates_per_step,steps,global_step", [(1, 3, 3), (2, 2, 4)])
 def test_max_steps_counts_generator_updates(tmp_path, tiny_args, updates_per_step, steps, global_step):
     cli = build_cli(
@@ -121,6 +123,7 @@ def test_max_steps_counts_generator_updates(tmp_path, tiny_args, updates_per_ste
     assert (snap.steps, cli.trainer.global_step) == (steps, global_step)
 
 
+@pytest.mark.slow
 def test_plain_tdm_mode_has_no_surrogate(tmp_path, tiny_args):
     cli = build_cli(tiny_args(tmp_path, "--trainer.max_steps=1", "--model.rewards=null"), run=False)
     cli.trainer.fit(cli.model, cli.datamodule)
@@ -128,6 +131,7 @@ def test_plain_tdm_mode_has_no_surrogate(tmp_path, tiny_args):
     assert "loss/surrogate" not in cli.trainer.logged_metrics and "loss/generator" in cli.trainer.logged_metrics
 
 
+@pytest.mark.slow
 def test_non_finite_loss_skips_then_stops(tmp_path, tiny_args, monkeypatch):
     real = losses.fake_score_loss
     calls = {"n": 0}
@@ -151,6 +155,7 @@ def test_non_finite_loss_skips_then_stops(tmp_path, tiny_args, monkeypatch):
         cli.trainer.fit(cli.model, cli.datamodule)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "prompts_per_step, max_steps",
     # the tiny config saves every 2 updates and has 8 prompts: with 4 a step the step-2 checkpoint ends epoch 0;
@@ -178,6 +183,7 @@ def test_resume_from_a_checkpoint_continues_exactly(tmp_path, tiny_args, prompts
         assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a, b)), role
 
 
+@pytest.mark.slow
 def test_one_seed_varies_the_whole_run(tmp_path, tiny_args, monkeypatch):
     monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)  # restored after the test
     # --seed_everything alone sets the rollout noise and the prompt shuffling; with a logger, Lightning merges
@@ -195,6 +201,7 @@ def test_one_seed_varies_the_whole_run(tmp_path, tiny_args, monkeypatch):
     assert saved["noise_seed"] == 5  # the resolved seed is recorded
 
 
+@pytest.mark.slow
 def test_predict_returns_generator_ema_images(tmp_path, tiny_args):
     cli = build_cli(tiny_args(tmp_path, "--trainer.logger=false"), run=False)
     batches = cli.trainer.predict(cli.model, datamodule=cli.datamodule)
@@ -208,6 +215,7 @@ def _role_params(cli):
     }
 
 
+@pytest.mark.slow
 def test_scoring_in_the_background_changes_nothing(tmp_path, tiny_args):
     results = {}
     for overlap in ("false", "true", "process"):
@@ -233,6 +241,7 @@ def test_scoring_in_the_background_changes_nothing(tmp_path, tiny_args):
             )
 
 
+@pytest.mark.slow
 def test_two_rewards_combined_by_advantages(tmp_path, tiny_args):
     rewards = (
         "[{name: jpeg_compressibility, weight: 0.5}, "
@@ -253,6 +262,7 @@ def test_two_rewards_combined_by_advantages(tmp_path, tiny_args):
     assert torch.isfinite(metrics["loss/surrogate"])
 
 
+@pytest.mark.slow
 def test_generator_and_fake_start_from_a_tdm_run_checkpoint(tmp_path, tiny_args):
     first = build_cli(
         tiny_args(tmp_path / "tdm", "--trainer.logger=false", "--trainer.max_steps=2", "--model.rewards=null"),
@@ -303,6 +313,7 @@ def test_generator_and_fake_start_from_a_tdm_run_checkpoint(tmp_path, tiny_args)
         )
 
 
+@pytest.mark.slow
 def test_frozen_surrogate_stops_changing(tmp_path, tiny_args):
     seen = []
 

@@ -1,6 +1,7 @@
 """Flow-matching pretraining of a teacher: it fits data, checkpoints the transformer, exports a pipeline."""
 
 import lightning as L
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
@@ -20,6 +21,7 @@ def _batches(n_batches: int):
     return [batch] * n_batches
 
 
+@pytest.mark.slow
 def test_flow_matching_learns_and_exports(tmp_path):
     torch.manual_seed(0)
     path = build_tiny_sd3(tmp_path / "pixel", resolution=16, pixel_space=True)
@@ -68,6 +70,7 @@ def test_flow_matching_learns_and_exports(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_export_from_a_checkpoint(tmp_path, quiet_trainer, monkeypatch):
     from pathlib import Path
 
@@ -108,6 +111,7 @@ def test_export_from_a_checkpoint(tmp_path, quiet_trainer, monkeypatch):
         assert torch.isfinite(exported.velocity(TEACHER, x, 0.5, c)).all()
 
 
+@pytest.mark.slow
 def test_training_resumes_from_a_checkpoint(tmp_path):
     """``--ckpt_path`` resumes a run (EMA as in the shipped teacher config) from a transformer-only checkpoint."""
     import pytest

@@ -99,6 +99,7 @@ def test_mask2former_classes_without_loading(tiny_mask2former):
     assert isinstance(custom, Detector)
 
 
+@pytest.mark.slow
 def test_mask2former_detects_on_non_square_images(tiny_mask2former):
     detector = Mask2FormerDetector(str(tiny_mask2former), batch_size=2)
     images = torch.randint(0, 256, (2, 3, 48, 80), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))

@@ -36,6 +36,7 @@ def fit_args(tiny_sd3_path, quiet_trainer):
     return build
 
 
+@pytest.mark.slow
 def test_ocr_prompt_without_target_fails_before_models_load(tmp_path, fit_args, monkeypatch):
     from tdmr1_lightning.backbones.sd3 import SD3Backbone
 

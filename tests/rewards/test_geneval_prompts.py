@@ -96,6 +96,7 @@ def test_cli_round_trips_through_the_loader(tmp_path):
     assert len(out.read_text().splitlines()) == 30
 
 
+@pytest.mark.slow
 def test_module_cli(tmp_path):
     out = tmp_path / "p.jsonl"
     proc = subprocess.run(

@@ -230,6 +230,7 @@ def test_prompt_without_target_is_refused_before_reading(reward: OCRReward) -> N
 MARKER = 77  # a flat grey image the patched engine fails on
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["detect", "recognize"])
 def test_engine_failure_marks_only_that_sample_invalid(
     reward: OCRReward, monkeypatch: pytest.MonkeyPatch, stage: str

@@ -121,6 +121,7 @@ def test_main_writes_jsonl(tmp_path: Path, capsys: pytest.CaptureFixture) -> Non
     assert records == generate_ocr_prompts(40, seed=5)
 
 
+@pytest.mark.slow
 def test_module_command_line(tmp_path: Path) -> None:
     out = tmp_path / "ocr.txt"
     result = subprocess.run(

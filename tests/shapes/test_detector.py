@@ -58,6 +58,7 @@ def test_exact_on_2000_random_scenes():
             assert np.array_equal(d.mask.numpy(), object_mask(obj, 32))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "world",
     [

@@ -73,6 +73,7 @@ def test_registered_reward_scores_rendered_scenes():
     assert reward(blank, [r["prompt"] for r in records], metadata).scores.sum() == 0
 
 
+@pytest.mark.slow
 def test_teacher_config_trains_and_exports(tmp_path, quiet_trainer, monkeypatch):
     monkeypatch.chdir(ROOT)
     cli = build_cli(
@@ -107,6 +108,7 @@ def test_reward_refuses_prompts_outside_the_world_naming_the_word():
         reward.validate([good["prompt"], bad["prompt"]], [good, bad])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [2, 3], ids=["mid-epoch", "end-of-epoch"])
 def test_teacher_run_resumed_from_a_checkpoint_equals_the_straight_run(tmp_path, quiet_trainer, monkeypatch, stop):
     """``--ckpt_path`` continues the scene order and the training draws: weights and EMA as if never stopped."""
