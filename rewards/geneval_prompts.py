@@ -31,6 +31,8 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from tdmr1_lightning.files import write_jsonl
+
 from .detectors import COCO_CLASSES, COLORS
 from .geneval import RELATIONS, TAGS, metadata_problem
 
@@ -138,16 +140,6 @@ def generate_prompts(
             raise ValueError(f"could not draw a {tags[i % len(tags)]} prompt outside the {len(excluded)} excluded ones")
         records.append(record)
     return records
-
-
-def write_jsonl(records: list[dict[str, Any]], path: str | Path) -> Path:
-    """Write records as JSON Lines (creating the folder)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as fh:
-        for record in records:
-            fh.write(json.dumps(record) + "\n")
-    return path
 
 
 def load_geneval_metadata(path: str | Path) -> list[dict[str, Any]]:

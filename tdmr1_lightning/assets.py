@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .files import install_folder
+
 MANIFEST = "ASSETS.json"
 
 __all__ = ["MANIFEST", "MissingAssetError", "asset_entry", "check_asset", "main", "ship_lora", "ship_pipeline"]
@@ -116,12 +118,7 @@ def ship_pipeline(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "
             if key in data and config.name == "config.json":
                 data[key] = dtype
         config.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-    if dst.exists():
-        os.replace(dst, old)
-    os.replace(tmp, dst)
-    shutil.rmtree(old, ignore_errors=True)
-    return dst
+    return install_folder(tmp, dst)
 
 
 def ship_lora(

@@ -65,6 +65,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from .files import install_folder
+
 __all__ = [
     "CLIP_MAX_LENGTH",
     "T5_MAX_LENGTH",
@@ -396,26 +398,6 @@ def _save_pipeline(pipe: Any, directory: Path) -> None:
     pipe.save_pretrained(str(directory), safe_serialization=True)
 
 
-def _install(tmp: Path, directory: Path) -> None:
-    """Move the finished build ``tmp`` to ``directory``.
-
-    ``os.replace`` is atomic for a missing or empty target.  An existing,
-    non-empty target is moved aside first and deleted afterwards.
-    """
-    try:
-        os.replace(tmp, directory)
-        return
-    except OSError:
-        if not directory.exists() or not any(directory.iterdir()):
-            raise
-    old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
-    os.replace(directory, old)
-    try:
-        os.replace(tmp, directory)
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def build_tiny_sd3(
     directory: str | Path,
     *,
@@ -511,7 +493,7 @@ def build_tiny_sd3(
         _save_pipeline(pipe, tmp)
         if not (tmp / _MODEL_INDEX).is_file():
             raise RuntimeError(f"save_pretrained did not write {_MODEL_INDEX} in {tmp}")
-        _install(tmp, directory)
+        install_folder(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ..data import split_records
+from ..files import write_png
 from ..registry import build_rewards
 from .sampling import TEACHER_DEFAULT_STEPS, _sync, evaluate_samples, images_per_prompt_by_tag
 from .stats import EvaluationError
@@ -326,13 +327,6 @@ def _reward_entries(config: Any) -> Any:
     return model.get("eval_rewards") if model.get("eval_rewards") is not None else model.get("rewards")
 
 
-def _write_png(image: Tensor, path: Path) -> None:
-    from torchvision.io import write_png
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_png(image.cpu(), str(path))
-
-
 @dataclass
 class _Checked:
     """What :func:`run` checks before any model loads."""
@@ -422,7 +416,7 @@ class _ImageKeeper:
                     folder.mkdir(parents=True, exist_ok=True)
                     metadata = json.dumps(self.records[p], default=str) + "\n"
                     (folder / "metadata.jsonl").write_text(metadata, encoding="utf-8")
-                _write_png(image, folder / "samples" / f"{k:04d}.png")
+                write_png(image, folder / "samples" / f"{k:04d}.png")
         elif self.mode == "grid":
             self.grid.extend(image for (p, _), image in zip(batch, images) if p < GRID_MAX_PROMPTS)
 
@@ -431,7 +425,7 @@ class _ImageKeeper:
             from torchvision.utils import make_grid
 
             nrow = images_per_prompt if images_per_prompt > 1 else math.ceil(math.sqrt(len(self.grid)))
-            _write_png(make_grid(torch.stack(self.grid), nrow=nrow, padding=2), self.out_dir / "grid.png")
+            write_png(make_grid(torch.stack(self.grid), nrow=nrow, padding=2), self.out_dir / "grid.png")
 
 
 def _write_outputs(

@@ -87,6 +87,8 @@ from tdmr1_rewards.geneval_prompts import NUMBERS, plural, with_article
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .. import files
+
 __all__ = [
     "DEFAULT_SHAPES",
     "HeldOut",
@@ -1109,12 +1111,8 @@ def seen_prompts(train: Sequence[Mapping[str, Any]], per_tag: int, seed: int = 0
 
 def write_jsonl(records: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
     """Records as JSON Lines, ``{"tag", "include", "exclude"?, "prompt"}`` each (creating the folder)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as fh:
-        for r in records:
-            fh.write(json.dumps({k: r[k] for k in ("tag", "include", "exclude", "prompt") if k in r}) + "\n")
-    return path
+    keys = ("tag", "include", "exclude", "prompt")
+    return files.write_jsonl(({k: r[k] for k in keys if k in r} for r in records), path)
 
 
 # -------------------------------------------------------------------------------------------- dataset
