@@ -246,7 +246,12 @@ def _as_tensor(out: Any) -> Tensor:
 # ----------------------------------------------------------------------------------------- cache
 _CACHE: weakref.WeakValueDictionary[tuple, ClipEncoder] = weakref.WeakValueDictionary()
 _LOCK = threading.RLock()
-_LOADS = {"count": 0}  # number of real loads (the tests check that sharing works)
+_LOADS = {"count": 0}
+
+
+def load_count() -> int:
+    """How many CLIP models this process has really loaded (not taken from the cache)."""
+    return _LOADS["count"]
 
 
 def resolve_device(device: torch.device | str) -> torch.device:

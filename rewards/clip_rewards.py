@@ -38,11 +38,18 @@ class _ClipBacked(Reward):
     def _fetch(self) -> ClipEncoder:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def _clip(self) -> ClipEncoder:
+    @property
+    def encoder(self) -> ClipEncoder:
+        """The CLIP encoder, loaded (or taken from the shared cache) on first use."""
         enc = self._encoder
         if enc is None or enc.device != resolve_device(self.device):
             enc = self._encoder = self._fetch()
         return enc
+
+    @property
+    def encoder_loaded(self) -> bool:
+        """Whether this reward holds its encoder now (not before the first use, nor in a fresh copy)."""
+        return self._encoder is not None
 
     def __getstate__(self) -> dict[str, Any]:
         # the encoder (shared, not picklable) is fetched again after unpickling / deep-copying
@@ -51,11 +58,11 @@ class _ClipBacked(Reward):
         return state
 
     def load(self) -> None:
-        self._clip()
+        _ = self.encoder  # fetch it now, before the first batch
 
     def _cosine(self, images: Tensor, prompts: list[str]) -> tuple[ClipEncoder, Tensor]:
         """The encoder and ``cos(image, prompt)`` of each sample."""
-        enc = self._clip()
+        enc = self.encoder
         image_features = enc.encode_images(images, self.batch_size)
         text_features = enc.encode_text(prompts, self.batch_size)
         return enc, (image_features * text_features).sum(-1)
@@ -228,7 +235,7 @@ class AestheticScore(_ClipBacked):
         return load_open_clip(self.model, self.pretrained, self.device, self.precision)
 
     def load(self) -> None:
-        enc = self._clip()
+        enc = self.encoder
         head = AestheticHead(enc.embed_dim)
         state = read_state_dict(self.head_path)
         try:
@@ -241,7 +248,7 @@ class AestheticScore(_ClipBacked):
 
     @torch.no_grad()
     def score(self, images: Tensor, prompts: list[str], metadata: list[dict]) -> RewardOutput:
-        features = self._clip().encode_images(images, self.batch_size)  # already L2-normalised
+        features = self.encoder.encode_images(images, self.batch_size)  # already L2-normalised
         head = self.head.to(features.device)
         return RewardOutput(scores=head(features.float()).squeeze(-1).cpu())
 

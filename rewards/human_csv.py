@@ -453,8 +453,8 @@ class HumanCSVReward(Reward):
 
     def labelled_features(self) -> tuple[Tensor, Tensor]:
         """CLIP features ``(n, D)`` of the labelled images and of their prompts (from the cache file if valid)."""
-        enc = self._clip()
-        cache = self._cache_path() if self.cache_features else None
+        enc = self.encoder
+        cache = self.cache_path if self.cache_features else None
         if cache is not None and cache.is_file():
             try:
                 saved = torch.load(cache, map_location="cpu", weights_only=True)
@@ -487,7 +487,9 @@ class HumanCSVReward(Reward):
                 warnings.warn(f"cannot write the feature cache {cache}: {err}", RuntimeWarning)
         return image, text
 
-    def _cache_path(self) -> Path:
+    @property
+    def cache_path(self) -> Path:
+        """Where the labelled images' CLIP features are cached (beside the CSV; keyed by its content and the model)."""
         h = hashlib.sha256(self._csv_sha256.encode())
         for row in self.rows:
             st = row.image.stat()
@@ -495,11 +497,18 @@ class HumanCSVReward(Reward):
         h.update(f"{model_key(self.model)}|{self.pretrained}|{self.precision}".encode())
         return self.csv_path.parent / f".{self.csv_path.stem}.clip-features-{h.hexdigest()[:16]}.pt"
 
-    def _clip(self) -> ClipEncoder:
+    @property
+    def encoder(self) -> ClipEncoder:
+        """The CLIP encoder, loaded (or taken from the shared cache) on first use."""
         enc = self._encoder
         if enc is None or enc.device != resolve_device(self.device):
             enc = self._encoder = load_open_clip(self.model, self.pretrained, self.device, self.precision)
         return enc
+
+    @property
+    def encoder_loaded(self) -> bool:
+        """Whether this reward holds its encoder now (not before the first use, nor in a fresh copy)."""
+        return self._encoder is not None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(vars(self))
@@ -509,7 +518,7 @@ class HumanCSVReward(Reward):
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
     def score(self, images: Tensor, prompts: list[str], metadata: list[dict]) -> RewardOutput:
-        enc = self._clip()
+        enc = self.encoder
         image = enc.encode_images(images, self.batch_size)
         text = enc.encode_text(prompts, self.batch_size) if self.features != "image" else image
         head = self.head.to(image.device)

@@ -71,9 +71,9 @@ def test_preprocess_matches_open_clip_pil_transform() -> None:
 # ----------------------------------------------------------------------------------------- open_clip loading
 def test_encoder_features_and_sharing() -> None:
     a = load_open_clip(TINY, None)
-    loads = _clip._LOADS["count"]
+    loads = _clip.load_count()
     b = load_open_clip(json.loads(json.dumps(TINY)), None)  # an equal dict is the same model
-    assert a is b and _clip._LOADS["count"] == loads
+    assert a is b and _clip.load_count() == loads
     assert a.embed_dim == 16 and not any(p.requires_grad for p in a.model.parameters())
     img = a.encode_images(_images(3))
     txt = a.encode_text(PROMPTS)
@@ -119,7 +119,7 @@ def test_local_dir_model(tmp_path: Path) -> None:
     out = reward(_images(2), PROMPTS[:2])
     _check_output(out, 2)
     with torch.no_grad():
-        enc = reward._clip()
+        enc = reward.encoder
         tokens = open_clip.SimpleTokenizer(context_length=16)(PROMPTS[:2])
         ref = (
             F.normalize(net.eval().encode_image(enc.preprocess(_images(2))), dim=-1)
@@ -151,11 +151,11 @@ def test_openai_tag_gets_quick_gelu(monkeypatch: pytest.MonkeyPatch) -> None:
 # ----------------------------------------------------------------------------------------- CLIP score
 def test_clip_score() -> None:
     reward = CLIPScore(model=TINY, pretrained=None, batch_size=3)
-    assert isinstance(reward, Reward) and reward._encoder is None  # nothing loaded when built
+    assert isinstance(reward, Reward) and not reward.encoder_loaded  # nothing loaded when built
     images = _images(4)
     out = reward(images, PROMPTS)
     _check_output(out, 4)
-    enc = reward._clip()
+    enc = reward.encoder
     cos = (enc.encode_images(images) * enc.encode_text(PROMPTS)).sum(-1)
     assert torch.allclose(out.scores, cos, atol=1e-6)  # 100 * cos / 100, whatever the learnt temperature
     assert (out.scores.abs() <= 1 + 1e-6).all()
@@ -170,15 +170,15 @@ def test_rewards_share_one_model_and_survive_copies(tmp_path: Path) -> None:
     clip_score = CLIPScore(model=TINY, pretrained=None)
     aesthetic = AestheticScore(str(head), model=TINY, pretrained=None)
     clip_score(_images(1), ["x"])
-    loads = _clip._LOADS["count"]
+    loads = _clip.load_count()
     aesthetic(_images(1), ["x"])
-    assert aesthetic._clip() is clip_score._clip() and _clip._LOADS["count"] == loads
+    assert aesthetic.encoder is clip_score.encoder and _clip.load_count() == loads
     clone = copy.deepcopy(aesthetic)  # the shared encoder is not copied; it is fetched again
-    assert clone._encoder is None
+    assert not clone.encoder_loaded
     assert torch.allclose(clone(_images(2), ["a", "b"]).scores, aesthetic(_images(2), ["a", "b"]).scores)
-    assert clone._clip() is aesthetic._clip()
+    assert clone.encoder is aesthetic.encoder
     aesthetic.to("cpu")
-    assert aesthetic._clip() is clip_score._clip()
+    assert aesthetic.encoder is clip_score.encoder
 
 
 # ----------------------------------------------------------------------------------------- PickScore
@@ -249,10 +249,10 @@ def test_pickscore(tiny_hf: Path) -> None:
         txt = model.get_text_features(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"])
         img, txt = (getattr(t, "pooler_output", t) for t in (img, txt))
         ref = model.logit_scale.exp() * (F.normalize(img, dim=-1) * F.normalize(txt, dim=-1)).sum(-1)
-    assert (reward._clip().preprocess(images) - px).abs().mean() < 0.02  # resampling noise only
+    assert (reward.encoder.preprocess(images) - px).abs().mean() < 0.02  # resampling noise only
     assert torch.allclose(raw, ref, atol=0.1)  # raw scores are 100 x cosines
     # the text side is exact
-    enc = reward._clip()
+    enc = reward.encoder
     assert torch.allclose(enc.encode_text(PROMPTS), F.normalize(txt, dim=-1), atol=1e-5)
     assert load_hf_clip(str(tiny_hf / "model"), str(tiny_hf / "processor")) is enc  # shared
 
@@ -288,7 +288,7 @@ def test_aesthetic_score(tmp_path: Path, fmt: str) -> None:
     out = reward(images, ["ignored"] * 3)
     _check_output(out, 3)
     with torch.no_grad():
-        ref = head(reward._clip().encode_images(images)).squeeze(-1)
+        ref = head(reward.encoder.encode_images(images)).squeeze(-1)
     assert torch.allclose(out.scores, ref, atol=1e-5)
 
 

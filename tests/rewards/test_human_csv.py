@@ -88,7 +88,7 @@ def test_fit_is_deterministic_and_copies_keep_the_fit(liked_red: Path) -> None:
     assert torch.equal(sa, sb) and a.fit_report == b.fit_report
     assert torch.equal(a.head.linear.weight, b.head.linear.weight)
     clone = copy.deepcopy(a)  # the shared CLIP is not copied; the fitted head is
-    assert clone._encoder is None and clone.head is not None
+    assert not clone.encoder_loaded and clone.head is not None
     assert torch.equal(clone(images, PROMPTS).scores, sa)
 
 
@@ -147,16 +147,16 @@ def test_feature_cache(liked_red: Path, monkeypatch: pytest.MonkeyPatch) -> None
     cached = list(folder.glob(".labels.clip-features-*.pt"))
     assert len(cached) == 1
     # a second reward reads the features from the cache: encoding images would fail now
-    encoder = first._clip()
+    encoder = first.encoder
     monkeypatch.setattr(type(encoder), "encode_images", lambda *a, **k: pytest.fail("features recomputed"))
     second = _reward(liked_red)
     second.load()
     assert second.fit_report == first.fit_report
     # another model (or another CSV) uses another cache file
-    assert _reward(liked_red, features="image")._cache_path() == cached[0]  # features do not change CLIP
+    assert _reward(liked_red, features="image").cache_path == cached[0]  # features do not change CLIP
     other = copy.deepcopy(TINY)
     other["embed_dim"] = 8
-    assert HumanCSVReward(str(liked_red), model=other, pretrained=None)._cache_path() != cached[0]
+    assert HumanCSVReward(str(liked_red), model=other, pretrained=None).cache_path != cached[0]
 
 
 # ----------------------------------------------------------------------------------------- preference groups
