@@ -6,10 +6,10 @@ is missing, :func:`check_asset` finds the manifest of the nearest existing ances
 the path is one of its entries, raises :class:`MissingAssetError` with those commands instead of a
 bare "no such file" deep inside a loader.
 
-Shipping (``python -m tdmr1_lightning.assets``)::
+Shipping (``tdmr1 assets``)::
 
-    python -m tdmr1_lightning.assets pipeline SRC DST [--dtype float16]   # a pipeline folder, weights cast
-    python -m tdmr1_lightning.assets lora CKPT DST.safetensors [--dtype float16] [--role fake]
+    tdmr1 assets pipeline SRC DST [--dtype float16]   # a pipeline folder, weights cast
+    tdmr1 assets lora CKPT DST.safetensors [--dtype float16] [--role fake]
                       # the generator (EMA) or fake-score adapter of a run's checkpoint, or any LoRA file
 
 Casting to float16 halves the files; loading casts back to the backbone's dtype.
@@ -155,7 +155,7 @@ def ship_lora(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tdmr1_lightning.assets", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="tdmr1 assets", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("pipeline", help="copy a pipeline folder with its weights cast to --dtype")
     p.add_argument("src")
@@ -179,7 +179,3 @@ def main(argv: list[str] | None = None) -> int:
     size = sum(f.stat().st_size for f in ([out] if out.is_file() else out.rglob("*")) if f.is_file())
     print(f"{out} ({size / 2**20:.1f} MiB)")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,6 +3,9 @@
 ``tdmr1 fit --config configs/sd35_ocr.yaml`` trains; ``tdmr1 fit --help`` lists every argument with
 the help taken from the docstrings; ``--print_config`` shows the resolved configuration; ``tdmr1 rewards list``
 shows the installed rewards; ``tdmr1 evaluate`` scores a prompt set through a checkpoint (see ``evaluation/``).
+Every other command lives here too (:data:`COMMANDS`), so no library module is also a ``__main__``:
+``tdmr1 assets`` (ship a pipeline or a LoRA), ``tdmr1 tiny DIR`` (a random tiny SD3), ``tdmr1 pretrain export``
+(a teacher checkpoint to a pipeline), ``tdmr1 shapes prompts`` and ``tdmr1 shapes breakdown`` (the shapes world).
 """
 
 from __future__ import annotations
@@ -68,15 +71,28 @@ def rewards_command(args: list[str]) -> int:
     return 0
 
 
-def main(args: list[str] | None = None) -> int | None:
-    """Entry point of the ``tdmr1`` console script."""
-    argv = sys.argv[1:] if args is None else args
-    if argv[:1] == ["rewards"]:
-        return rewards_command(argv[1:])
-    if argv[:1] == ["evaluate"]:
-        from .evaluation import main as evaluate_main
+# ``tdmr1 <command>``: each is a ``main(argv)`` in the module named here, imported only when it runs.
+COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("rewards",): ("tdmr1_lightning.cli", "rewards_command"),
+    ("evaluate",): ("tdmr1_lightning.evaluation.command", "main"),
+    ("assets",): ("tdmr1_lightning.assets", "main"),
+    ("tiny",): ("tdmr1_lightning.tiny", "main"),
+    ("pretrain",): ("tdmr1_lightning.pretrain", "main"),
+    ("shapes", "prompts"): ("tdmr1_lightning.shapes.world", "main"),
+    ("shapes", "breakdown"): ("tdmr1_lightning.shapes.breakdown", "main"),
+}
 
-        return evaluate_main(argv[1:])
+
+def main(args: list[str] | None = None) -> int | None:
+    """Entry point of the ``tdmr1`` console script (and of ``python -m tdmr1_lightning``)."""
+    import importlib
+
+    argv = sys.argv[1:] if args is None else args
+    for words, (module, function) in COMMANDS.items():
+        if tuple(argv[: len(words)]) == words:
+            return getattr(importlib.import_module(module), function)(argv[len(words) :])
+    if argv[:1] == ["shapes"]:
+        sys.exit("tdmr1 shapes: expected 'prompts' or 'breakdown' (tdmr1 shapes prompts --help)")
     # From the console script, LightningCLI reads sys.argv itself; passing it again as ``args`` makes it warn.
     build_cli(args)
     return None

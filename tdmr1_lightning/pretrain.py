@@ -182,10 +182,10 @@ def export_checkpoint(config: str, checkpoint: str, out: str, overrides: list[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tdmr1_lightning.pretrain export``: a pretraining checkpoint to a pipeline folder."""
+    """``tdmr1 pretrain export``: a pretraining checkpoint to a pipeline folder."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m tdmr1_lightning.pretrain", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="tdmr1 pretrain", description=main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     export = sub.add_parser("export", help="write a from_pretrained pipeline folder from a checkpoint")
     export.add_argument("--config", required=True, help="the pretraining config (e.g. configs/shapes/teacher.yaml)")
@@ -197,10 +197,3 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print(export_checkpoint(args.config, args.ckpt, args.out, args.overrides))
     return 0
-
-
-if __name__ == "__main__":
-    # Run the package's copy, so that isinstance checks see the classes the CLI instantiates.
-    from tdmr1_lightning.pretrain import main as package_main
-
-    raise SystemExit(package_main())

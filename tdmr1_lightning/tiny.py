@@ -46,7 +46,7 @@ Things a caller must know:
   features and the CLIP part of ``prompt_embeds`` is zero-padded, as in SD3.5.
 * The VAE uses SD3-like ``scaling_factor = 1.5305`` and ``shift_factor = 0.0609``.
 
-Build from the command line with ``python -m tdmr1_lightning.tiny DIR``
+Build from the command line with ``tdmr1 tiny DIR``
 (``--if-missing`` to reuse an existing folder).
 """
 
@@ -58,7 +58,6 @@ import json
 import os
 import shutil
 import string
-import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -545,7 +544,7 @@ def ensure_tiny_sd3(directory: str | Path, **kwargs: Any) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point: ``python -m tdmr1_lightning.tiny DIR [options]``.
+    """Command-line entry point: ``tdmr1 tiny DIR [options]``.
 
     Args:
         argv: Arguments (defaults to ``sys.argv[1:]``).
@@ -554,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         Process exit code.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m tdmr1_lightning.tiny",
+        prog="tdmr1 tiny",
         description="Build a tiny random-weight Stable Diffusion 3 pipeline (offline) with save_pretrained.",
     )
     parser.add_argument("directory", type=Path, help="output folder")
@@ -595,7 +594,3 @@ def main(argv: list[str] | None = None) -> int:
         path = build_tiny_sd3(args.directory, **kwargs)
     print(path)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

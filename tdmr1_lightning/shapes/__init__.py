@@ -16,8 +16,8 @@
 import importlib
 from typing import TYPE_CHECKING, Any
 
-# Names are imported on first use (PEP 562), so `python -m tdmr1_lightning.shapes.world` runs the module
-# once, as __main__, without the package having imported it already.
+# Names are imported on first use (PEP 562): importing the package (or the detector alone) does not
+# build the world's prompt tables.
 _EXPORTS: dict[str, str] = {
     "DEFAULT_SHAPES": "world",
     "MIN_COLOR_DISTANCE": "world",

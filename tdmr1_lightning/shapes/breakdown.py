@@ -21,7 +21,7 @@ table tells them apart.
 
 CLI (the tables in docs/shapes.md)::
 
-    python -m tdmr1_lightning.shapes.breakdown --prompts configs/prompts/shapes/test.jsonl \\
+    tdmr1 shapes breakdown --prompts configs/prompts/shapes/test.jsonl \\
         teacher=runs/eval/teacher tdm=runs/eval/tdm tdmr1=runs/eval/tdmr1_seed1
 """
 
@@ -327,7 +327,7 @@ def _named(text: str) -> tuple[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m tdmr1_lightning.shapes.breakdown",
+        prog="tdmr1 shapes breakdown",
         description="Accuracy of 'tdmr1 evaluate' runs on a shapes prompt set by held-out kind, and their "
         "failures by tag (Markdown tables).",
     )
@@ -394,7 +394,3 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(format_failures(f"{name}, shapes drawn", counts, DRAWN, also=(UNNAMED,)))
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -24,7 +24,7 @@ class ShapesDataModule(L.LightningDataModule):
     """Freshly rendered scenes of the shapes world with their prompts (teacher pretraining).
 
     Prompts come from the world's training split: whole combinations held out for evaluation
-    (``held_out_fraction``, ``held_out_seed``; the same as ``python -m tdmr1_lightning.shapes.world``)
+    (``held_out_fraction``, ``held_out_seed``; the same as ``tdmr1 shapes prompts``)
     are never drawn.
 
     Args:

@@ -55,7 +55,7 @@ seed and index) for pretraining a teacher, from the training prompts only when g
 
 CLI::
 
-    python -m tdmr1_lightning.shapes.world --out-dir data/shapes --train 5000 --test 229 --seed 0 \
+    tdmr1 shapes prompts --out-dir data/shapes --train 5000 --test 229 --seed 0 \
         --split compositions --held-out-fraction 0.3 --count-triples
 
 writes ``train.jsonl``, ``test.jsonl`` (GenEval records, readable by the data module and by
@@ -1212,7 +1212,7 @@ def _preview(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tdmr1_lightning.shapes.world",
+        prog="tdmr1 shapes prompts",
         description="Write train / test prompt sets (GenEval metadata) of the shapes world, and a preview.",
     )
     parser.add_argument("--out-dir", required=True, help="output folder")
@@ -1297,7 +1297,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {len(seen)} seen prompts (distinct training prompts: {shares(seen)})", file=sys.stderr)
     print(f"held out: {json.dumps(held.to_dict())}", file=sys.stderr)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
