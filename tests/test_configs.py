@@ -1,5 +1,6 @@
 """Every shipped YAML parses against the real signatures, and bad input fails early with a clear message."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -235,3 +236,31 @@ def test_sd35_rl_configs_validate_held_out_prompts_every_60_updates(name):
         == config["data"]["group_size"]
         == 24
     )
+
+
+def _uncommented_settings(text: str) -> list[str]:
+    """Keys of the model and data sections with no comment on their line or the line above (structure exempt)."""
+    missing, section, previous = [], None, ""
+    for number, line in enumerate(text.splitlines(), 1):
+        top = re.match(r"^([a-z_]+):", line)
+        if top:
+            section = top.group(1)
+        key = re.match(r"^\s+(?:- )?([a-z_]+):(.*)$", line)
+        structural = key is not None and (
+            key.group(1) in ("class_path", "name") or (key.group(1) == "init_args" and not key.group(2).strip())
+        )
+        if section in ("model", "data") and key and not structural:
+            if "#" not in line and not previous.strip().startswith("#"):
+                missing.append(f"line {number}: {line.strip()}")
+        previous = line
+    return missing
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
+def test_every_setting_of_a_shipped_config_is_commented(config):
+    assert _uncommented_settings(config.read_text()) == []
+
+
+def test_an_uncommented_setting_is_found():
+    text = "model:\n  class_path: x.Y\n  num_steps: 4      # K\n  shift: 3.0\ndata:\n  # P\n  prompts_per_step: 8\n"
+    assert _uncommented_settings(text) == ["line 4: shift: 3.0"]
