@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, timeit  # noqa: E402
 
 from tdmr1_lightning.shapes.detector import ShapesDetector  # noqa: E402
-from tdmr1_lightning.shapes.world import World, random_scene, render_batch  # noqa: E402
+from tdmr1_lightning.shapes.scenes import random_scene, render_batch
+from tdmr1_lightning.shapes.world import World
 
 
 def main() -> None:

@@ -78,7 +78,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("assets",): ("tdmr1_lightning.assets", "main"),
     ("tiny",): ("tdmr1_lightning.tiny", "main"),
     ("pretrain",): ("tdmr1_lightning.pretrain", "main"),
-    ("shapes", "prompts"): ("tdmr1_lightning.shapes.world", "main"),
+    ("shapes", "prompts"): ("tdmr1_lightning.shapes.command", "main"),
     ("shapes", "breakdown"): ("tdmr1_lightning.shapes.breakdown", "main"),
 }
 

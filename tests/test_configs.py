@@ -146,7 +146,8 @@ def test_console_script_parses_the_command_line_without_warnings(monkeypatch, ca
 def test_shapes_configs_use_the_shipped_models_and_the_world_vocabulary():
     import yaml
 
-    from tdmr1_lightning.shapes.world import World, enumerate_prompts
+    from tdmr1_lightning.shapes.prompts import enumerate_prompts
+    from tdmr1_lightning.shapes.world import World
 
     teacher = yaml.safe_load((ROOT / "configs/shapes/teacher.yaml").read_text())
     words = set(teacher["model"]["init_args"]["backbone"]["init_args"]["words"])
@@ -167,7 +168,8 @@ def test_shapes_teacher_trains_on_the_shipped_prompt_split():
 
     import yaml
 
-    from tdmr1_lightning.shapes.world import World, held_out_combinations, is_held_out
+    from tdmr1_lightning.shapes.splits import held_out_combinations, is_held_out
+    from tdmr1_lightning.shapes.world import World
 
     shipped = json.loads((ROOT / "configs/prompts/shapes/world.json").read_text())
     data = yaml.safe_load((ROOT / "configs/shapes/teacher.yaml").read_text())["data"]["init_args"]

@@ -1,8 +1,11 @@
 """A synthetic composition world for TDM-R1 on a CPU: coloured shapes, GenEval prompts, an exact detector.
 
-* :mod:`~tdmr1_lightning.shapes.world`: :class:`World` (vocabulary and geometry), scenes and their
-  rendering, GenEval-schema prompts (:func:`sample_prompt`, :func:`parse_prompt`, :func:`scene_for`),
-  held-out splits (:func:`make_prompt_sets`), :class:`ShapesDataset` for teacher pretraining, and a CLI.
+* :mod:`~tdmr1_lightning.shapes.world`: :class:`World` (vocabulary, palette and geometry);
+  :mod:`~tdmr1_lightning.shapes.scenes` (scenes and their rendering); :mod:`~tdmr1_lightning.shapes.prompts`
+  (GenEval-schema prompts: :func:`sample_prompt`, :func:`parse_prompt`, :func:`scene_for`);
+  :mod:`~tdmr1_lightning.shapes.splits` (held-out splits, :func:`make_prompt_sets`);
+  :mod:`~tdmr1_lightning.shapes.dataset` (:class:`ShapesDataset` for teacher pretraining);
+  :mod:`~tdmr1_lightning.shapes.command` (``tdmr1 shapes prompts``).
 * :mod:`~tdmr1_lightning.shapes.detector`: :class:`ShapesDetector`, a non-learned detector behind the
   :class:`tdmr1_rewards.detectors.Detector` interface, so :class:`tdmr1_rewards.geneval.GenEvalReward`
   scores the world unchanged::
@@ -24,38 +27,37 @@ _EXPORTS: dict[str, str] = {
     "MIN_OBJECT_PX": "world",
     "PALETTE": "world",
     "SHAPES": "world",
-    "HeldOut": "world",
-    "Scene": "world",
-    "ShapeObject": "world",
-    "ShapesDataset": "world",
+    "HeldOut": "splits",
+    "Scene": "scenes",
+    "ShapeObject": "scenes",
+    "ShapesDataset": "dataset",
     "ShapesDetector": "detector",
     "World": "world",
     "classify_shape": "detector",
-    "collate_shapes": "world",
-    "enumerate_prompts": "world",
-    "held_out_combinations": "world",
-    "is_held_out": "world",
-    "make_prompt_sets": "world",
-    "make_record": "world",
-    "object_mask": "world",
-    "parse_prompt": "world",
-    "prompt_combinations": "world",
-    "random_scene": "world",
-    "render": "world",
-    "render_batch": "world",
-    "sample_prompt": "world",
-    "scene_for": "world",
+    "collate_shapes": "dataset",
+    "enumerate_prompts": "prompts",
+    "held_out_combinations": "splits",
+    "is_held_out": "splits",
+    "make_prompt_sets": "splits",
+    "make_record": "prompts",
+    "object_mask": "scenes",
+    "parse_prompt": "prompts",
+    "prompt_combinations": "splits",
+    "random_scene": "scenes",
+    "render": "scenes",
+    "render_batch": "scenes",
+    "sample_prompt": "prompts",
+    "scene_for": "prompts",
     "shape_features": "detector",
-    "shape_template": "world",
-    "split_prompts": "world",
-    "write_jsonl": "world",
+    "shape_template": "scenes",
+    "split_prompts": "splits",
+    "write_jsonl": "splits",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .detector import ShapesDetector, classify_shape, shape_features  # noqa: F401
-    from .world import *  # noqa: F401,F403
 
 
 def __getattr__(name: str) -> Any:

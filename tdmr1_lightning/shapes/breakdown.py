@@ -5,7 +5,7 @@ each reward counted it correct, and the GenEval scorer's reasons). This module r
 evaluations of the same prompt set and prints two Markdown tables:
 
 * **accuracy by held-out kind**: the prompts grouped by the kinds of held-out combination they contain
-  (:func:`~tdmr1_lightning.shapes.world.prompt_combinations` against the ``held_out`` of a prompt
+  (:func:`~tdmr1_lightning.shapes.splits.prompt_combinations` against the ``held_out`` of a prompt
   set's ``world.json``: coloured pair, relation triple, (count, shape), shape pair, (colour, shape)),
   the strict accuracy of each group with its 95% Wilson interval, and a pooled row over chosen tags;
 * **failures by tag**: the fraction of samples of each tag that were correct or failed first for
@@ -42,7 +42,8 @@ from tdmr1_rewards.human_csv import read_image
 from ..data import load_prompts
 from ..evaluation import wilson_interval
 from .detector import ShapesDetector
-from .world import HeldOut, World, prompt_combinations
+from .splits import HeldOut, prompt_combinations
+from .world import World
 
 KIND_NAMES: dict[str, str] = {
     "colors": "coloured pair",
@@ -108,8 +109,8 @@ def held_out_kinds(record: Mapping[str, Any], held_out: HeldOut) -> tuple[str, .
 
 
 def load_held_out(world_json: str | Path) -> HeldOut:
-    """The held-out combinations of a prompt set's ``world.json`` (as written by ``python -m
-    tdmr1_lightning.shapes.world``)."""
+    """The held-out combinations of a prompt set's ``world.json`` (as written by ``tdmr1 shapes
+    prompts``)."""
     path = Path(world_json)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))["held_out"]

@@ -22,7 +22,7 @@ three shapes' one, unchanged.
 A detection is ``Detection(label=shape, score=1.0, box=tight box (x1, y1 exclusive), mask, color=palette
 name)``; since it carries its colour, the GenEval scorer never calls a colour classifier. Scores are all
 1.0 (the decision is exact, so GenEval's confidence thresholds never drop a shape); detections come
-largest first. On rendered scenes (:func:`tdmr1_lightning.shapes.world.render`) the detections are
+largest first. On rendered scenes (:func:`tdmr1_lightning.shapes.scenes.render`) the detections are
 exactly the scene's objects: shapes, colours and boxes.
 """
 

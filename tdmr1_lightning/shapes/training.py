@@ -11,8 +11,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..data import ResumableLoader
 from ..reward import Reward, RewardOutput
+from .dataset import ShapesDataset, collate_shapes
 from .detector import ShapesDetector
-from .world import ShapesDataset, World, collate_shapes, held_out_combinations, parse_prompt
+from .prompts import parse_prompt
+from .splits import held_out_combinations
+from .world import World
 
 
 def _collate(batch) -> dict[str, Any]:
@@ -106,7 +109,7 @@ class ShapesGenEval(GenEvalReward):
 
     def validate(self, prompts: list[str], metadata: list[dict]) -> None:
         """GenEval's metadata checks, then every prompt must read as a prompt of this world
-        (:func:`~tdmr1_lightning.shapes.world.parse_prompt`: the error names the unknown word)."""
+        (:func:`~tdmr1_lightning.shapes.prompts.parse_prompt`: the error names the unknown word)."""
         super().validate(prompts, metadata)
         for i, prompt in enumerate(prompts):
             try:

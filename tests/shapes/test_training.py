@@ -10,8 +10,11 @@ import torch
 
 from tdmr1_lightning.cli import build_cli
 from tdmr1_lightning.registry import RewardSpec
+from tdmr1_lightning.shapes.prompts import sample_prompt, scene_for
+from tdmr1_lightning.shapes.scenes import render
+from tdmr1_lightning.shapes.splits import is_held_out
 from tdmr1_lightning.shapes.training import ShapesDataModule
-from tdmr1_lightning.shapes.world import World, is_held_out, render, sample_prompt, scene_for
+from tdmr1_lightning.shapes.world import World
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -97,8 +100,8 @@ def test_teacher_config_trains_and_exports(tmp_path, quiet_trainer, monkeypatch)
 
 
 def test_reward_refuses_prompts_outside_the_world_naming_the_word():
+    from tdmr1_lightning.shapes.prompts import parse_prompt
     from tdmr1_lightning.shapes.training import ShapesGenEval
-    from tdmr1_lightning.shapes.world import parse_prompt
 
     good = parse_prompt("a photo of a red circle")
     bad = {**good, "prompt": "a photo of a purple circle"}

@@ -35,7 +35,8 @@ from tdmr1_lightning.shapes import (
     scene_for,
     split_prompts,
 )
-from tdmr1_lightning.shapes.world import main, seen_prompts
+from tdmr1_lightning.shapes.command import main
+from tdmr1_lightning.shapes.splits import seen_prompts
 
 WORLD = World()
 
