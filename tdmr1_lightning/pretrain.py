@@ -20,7 +20,7 @@ from torch import Tensor
 from .backbones.base import TEACHER, RectifiedFlowBackbone
 from .data import keyed_generator, run_seed
 from .image_logging import image_logger_ready, log_image_grid
-from .sampler import sample_trajectory
+from .sampler import sample
 from .schedule import step_boundaries, time_shift
 
 _TRAINED = "backbone.roles.base."  # the state a pretraining checkpoint holds
@@ -123,10 +123,8 @@ class FlowMatchingModule(L.LightningModule):
             generator=torch.Generator(self.device).manual_seed(seed),
             device=self.device,
         )
-        trajectory = sample_trajectory(
-            lambda x, s: bb.guided_velocity(TEACHER, x, s, cond, scale), noise, step_boundaries(steps, 3.0)
-        )
-        return bb.decode(trajectory[-1])
+        x = sample(lambda x, s: bb.guided_velocity(TEACHER, x, s, cond, scale), noise, step_boundaries(steps, 3.0))
+        return bb.decode(x)
 
     def _log_samples(self, prompts: list[str]) -> None:
         if not image_logger_ready(self):

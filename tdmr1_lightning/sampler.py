@@ -1,4 +1,4 @@
-"""The deterministic few-step sampler (docs/architecture.md): rollouts and inference alike."""
+"""The deterministic sampler (docs/architecture.md): training rollouts, evaluation and a teacher's samples alike."""
 
 from __future__ import annotations
 
@@ -11,6 +11,16 @@ from .schedule import euler_step
 
 VelocityFn = Callable[[Tensor, float], Tensor]
 """``v = f(x, s)``: a network's velocity at the batch ``x`` and the scalar level ``s``."""
+
+
+@torch.no_grad()
+def sample(velocity: VelocityFn, noise: Tensor, boundaries: list[float]) -> Tensor:
+    """The sample ``x_K``: Euler steps over ``boundaries`` from ``noise``, keeping only the current state
+    (a many-step teacher would otherwise hold a latent a step for every sample)."""
+    x = noise
+    for s, s_next in zip(boundaries[:-1], boundaries[1:]):
+        x = euler_step(x, s, s_next, velocity(x, s))
+    return x
 
 
 @torch.no_grad()

@@ -312,3 +312,16 @@ def test_renoise_matches_the_kernel():
     xi = torch.randn(2, 3)
     a, b = forward_kernel(0.5, 0.9)
     assert torch.allclose(renoise(x, 0.5, 0.9, xi), float(a) * x + float(b) * xi)
+
+
+def test_sample_is_the_trajectorys_last_state():
+    from tdmr1_lightning.sampler import sample, sample_trajectory
+
+    def velocity(x, s):
+        return torch.sin(3 * x) + s
+
+    noise = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    boundaries = step_boundaries(4, 3.0)
+    trajectory = sample_trajectory(velocity, noise, boundaries)
+    assert trajectory.shape[0] == 5 and torch.equal(trajectory[0], noise)
+    assert torch.equal(sample(velocity, noise, boundaries), trajectory[-1])

@@ -40,17 +40,17 @@ def sample_images(
     ``guidance`` is the classifier-free guidance scale (1: none; otherwise one batched forward of the
     conditional and unconditional inputs per step). An adapter role is merged into the weights while
     sampling, as in :meth:`TDMR1Module.generate`, which this reproduces at K steps without guidance.
-    The update rule is :func:`~tdmr1_lightning.sampler.sample_trajectory`'s, without storing the
-    trajectory (N steps of a teacher would hold N latents a sample).
+    The sampler is training's (:func:`~tdmr1_lightning.sampler.sample`, the rollouts' update rule
+    without storing the trajectory).
     """
-    from ..schedule import euler_step
+    from ..sampler import sample
 
     backbone = module.backbone
     cond = backbone.encode_prompts(prompts)
-    x = noise.to(module.device)
     with backbone.roles.merged(role):
-        for s, s_next in zip(boundaries[:-1], boundaries[1:]):
-            x = euler_step(x, s, s_next, backbone.guided_velocity(role, x, s, cond, guidance))
+        x = sample(
+            lambda x, s: backbone.guided_velocity(role, x, s, cond, guidance), noise.to(module.device), boundaries
+        )
     return module.decode(x)
 
 
