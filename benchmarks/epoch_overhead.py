@@ -122,16 +122,18 @@ class Components:
     """Times each network evaluation of a step alone, with the step's shapes, on the live module."""
 
     def __init__(self, module, batch: dict, repeats: int) -> None:
-        self.module, self.bb, self.hp = module, module.backbone, module.hparams
+        self.module, self.bb = module, module.backbone
         self.repeats = repeats
         self.prompts, self.metadata = batch["prompts"], batch["metadata"]
         self.n = len(self.prompts)
         self.evals = expected_evaluations(module, self.n)
-        bb, hp = self.bb, self.hp
+        bb = self.bb
         cond = bb.encode_prompts(self.prompts)
         latent = bb.latent_shape
         gen = torch.Generator().manual_seed(0)
-        sizes = {e[2] for e in self.evals if not self._is_cond_uncond(e[1], e[2], e[3])} | {hp.micro_batch_size}
+        sizes = {e[2] for e in self.evals if not self._is_cond_uncond(e[1], e[2], e[3])} | {
+            module.batching.micro_batch_size
+        }
         self.xs = {b: torch.randn((b, *latent), generator=gen).to(bb.device) for b in sizes}
         self.conds = {b: cond[:b] for b in self.xs}
         self.final = torch.randn((self.n, *latent), generator=gen).to(bb.device)
@@ -140,7 +142,7 @@ class Components:
         self.passes: list[dict[str, float]] = []  # one dict label -> seconds per pass
 
     def _is_cond_uncond(self, role, b, grad) -> bool:
-        return role == TEACHER and b == 2 * self.hp.micro_batch_size and not grad
+        return role == TEACHER and b == 2 * self.module.batching.micro_batch_size and not grad
 
     def _fn(self, role, b, grad):
         bb, xs, conds = self.bb, self.xs, self.conds
@@ -184,8 +186,12 @@ def expected_evaluations(module, n: int) -> list[tuple[str, str, int, bool, int]
 
     Returns ``(label, role, batch, with_grad, count)``; ``with_grad`` means forward + backward.
     """
-    hp = module.hparams
-    K, M, mbs, rbs = hp.num_steps, hp.boundaries_per_batch, hp.micro_batch_size, module.rollout_batch_size
+    K, M, mbs, rbs = (
+        module.schedule.num_steps,
+        module.batching.boundaries_per_batch,
+        module.batching.micro_batch_size,
+        module.rollout_batch_size,
+    )
     with_reward = module.rewards is not None
     rows: collections.Counter = collections.Counter()
     labels: dict[tuple, str] = {}
@@ -196,7 +202,7 @@ def expected_evaluations(module, n: int) -> list[tuple[str, str, int, bool, int]
 
     for start in range(0, n, rbs):  # rollout
         add("rollout: generator fwd", GENERATOR, min(rbs, n - start), False, K)
-    if hp.trunc_steps < K and with_reward:
+    if module.generator_loss.trunc_steps < K and with_reward:
         raise SystemExit("this benchmark counts the reward term at every boundary: use trunc_steps >= num_steps")
     for start in range(0, n, mbs):
         m = min(mbs, n - start)
@@ -207,7 +213,7 @@ def expected_evaluations(module, n: int) -> list[tuple[str, str, int, bool, int]
             if with_reward:
                 add("teacher fwd (no grad)", TEACHER, m, False)  # 5.2
                 add("surrogate_old fwd (no grad)", SURROGATE_OLD, m, False)
-                if hp.reference == "ema":
+                if module.surrogate_loss.reference == "ema":
                     add("surrogate_ref fwd (no grad)", SURROGATE_REF, m, False)
                 add("surrogate fwd+bwd", SURROGATE, m, True)
             add("fake fwd (no grad)", FAKE, m, False)  # 5.3
@@ -277,7 +283,7 @@ def main() -> None:
             raise SystemExit(f"fit made {trainer.global_step} steps, expected {max_steps}")
         del module.backbone.velocity  # back to the class method (no recorder)
         comp: Components = state["components"]
-        bb, hp, n = module.backbone, module.hparams, comp.n
+        bb, n = module.backbone, comp.n
         timed_steps = [i for i in range(1, len(timer.times)) if i != profile_batch]
         step_s = statistics.median(timer.times[i] for i in timed_steps)
 
@@ -329,7 +335,12 @@ def main() -> None:
         print()
         print(table(rows, ("evaluation", "role", "batch", "count", "ms each", "ms total")))
         print()
-        hpd = {k: hp[k] for k in ("num_steps", "micro_batch_size", "boundaries_per_batch", "trunc_steps")}
+        hpd = {
+            "num_steps": module.schedule.num_steps,
+            "micro_batch_size": module.batching.micro_batch_size,
+            "boundaries_per_batch": module.batching.boundaries_per_batch,
+            "trunc_steps": module.generator_loss.trunc_steps,
+        }
         print(f"step: {n} samples, rollout chunks of {module.rollout_batch_size}, {hpd}")
         print(
             f"steps timed:            {', '.join(f'{t * 1e3:.0f}' for t in timer.times)} ms "

@@ -5,10 +5,10 @@ The main config (configs/shapes/tdmr1.yaml) on the first ``--num-prompts`` disti
 score of the generator EMA on those prompts (``--images-per-prompt`` images each, the same noise) is
 measured before and after training (:func:`tdmr1_lightning.shapes.learning.reward_before_and_after`).
 Prints one line a seed and the mean gain with its spread; extra arguments go to the config parser
-(e.g. ``--model.beta=5``), so settings can be compared in one run of this script.
+(e.g. ``--model.surrogate_loss.beta=5``), so settings can be compared in one run of this script.
 
     python benchmarks/shapes_learning.py --seeds 0 1 2
-    python benchmarks/shapes_learning.py --seeds 0 1 2 -- --model.reward_weight=0
+    python benchmarks/shapes_learning.py --seeds 0 1 2 -- --model.generator_loss.reward_weight=0
 
 The defaults are the learning test's settings (tests/shapes/test_learning.py: one seed, a margin chosen
 from these runs; docs/experiments/shapes.md has the figures).

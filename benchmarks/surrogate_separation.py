@@ -73,8 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     cli = build_cli(["--config", str(CONFIG), "--trainer.callbacks=null", "--trainer.logger=false", *extra], run=False)
     module = cli.model
     module.configure_model()
-    bb, hp = module.backbone, module.hparams
-    s_, K, k, mbs = module.boundaries, hp.num_steps, hp.shift, hp.micro_batch_size
+    bb = module.backbone
+    s_, K, k, mbs = (
+        module.boundaries,
+        module.schedule.num_steps,
+        module.schedule.shift,
+        module.batching.micro_batch_size,
+    )
     records = [json.loads(line) for line in PROMPTS.read_text().splitlines()]
     random.Random(args.seed).shuffle(records)
 
@@ -90,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def level(gen: torch.Generator) -> tuple[int, float]:  # j' with probability ~ j' + 1, then s as in training
         j = int(torch.multinomial(torch.arange(1, K + 1, dtype=torch.float), 1, generator=gen))
-        return j, sample_query_level(max(s_[j + 1], hp.s_min_reward), k, hp.level_margin, gen)
+        return j, sample_query_level(
+            max(s_[j + 1], module.surrogate_loss.s_min_reward), k, module.schedule.level_margin, gen
+        )
 
     def query(b: dict, j: int, s: float, noise_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         x_n = b["trajectory"][j + 1]
@@ -121,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             if (name, j, s, noise_seed) not in reference:
                 reference[name, j, s, noise_seed] = per_sample_loss(TEACHER, b, x_s, s, target)
             total += reference[name, j, s, noise_seed] - per_sample_loss(SURROGATE, b, x_s, s, target)
-        return hp.beta * total / len(probes)
+        return module.surrogate_loss.beta * total / len(probes)
 
     t0 = time.perf_counter()
     first = batch(records[: args.prompts], args.seed * 1000 + 1)
@@ -165,14 +172,14 @@ def main(argv: list[str] | None = None) -> int:
                 target[sl],
                 b["adv"][sl],
                 b["group"][sl],
-                hp.beta,
+                module.surrogate_loss.beta,
                 clip_range=float("inf"),
                 trust_threshold=float("inf"),
-                lambda_kl=hp.lambda_kl,
+                lambda_kl=module.surrogate_loss.lambda_kl,
                 step_weight=(j + 1) / K,
             )
             (out.loss / len(chunks)).backward()
-        torch.nn.utils.clip_grad_norm_(params, hp.gradient_clip)
+        torch.nn.utils.clip_grad_norm_(params, module.stepping.gradient_clip)
         optimizer.step()
     return 0
 

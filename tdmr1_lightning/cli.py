@@ -21,6 +21,7 @@ from .data import PromptDataModule
 from .module import TDMR1Module
 from .paths import resolve_existing
 from .registry import format_reward_table
+from .settings import MOVED, flat_settings
 
 
 class TDMR1CLI(LightningCLI):
@@ -31,10 +32,38 @@ class TDMR1CLI(LightningCLI):
     ``class_path``. Optimizers are the modules' own ``OptimizerCallable`` arguments.
     """
 
+    def parse_arguments(self, parser, args) -> None:
+        # Settings of the flat layout (before the groups of settings.py) fail here, each with its new name,
+        # instead of as jsonargparse's "Option 'num_steps' is not accepted".
+        moved = flat_settings(sys.argv[1:] if args is None else list(args)) if not isinstance(args, dict) else []
+        if moved:
+            raise ValueError(
+                "model settings are grouped as the algorithm's sections (docs/configuration.md):\n  "
+                + "\n  ".join(moved)
+            )
+        super().parse_arguments(parser, args)
+
     def before_instantiate_classes(self) -> None:
         # Input paths written in a config resolve against its folder (paths.ConfigPath); existing ones are
         # made absolute, so the copy of the config saved with the run names the same files.
         resolve_existing(self.config)
+        self._regroup_checkpoint_settings()
+
+    def _regroup_checkpoint_settings(self) -> None:
+        """``--ckpt_path`` applies the checkpoint's hyperparameters; one saved in the flat layout lands in
+        ``dict_kwargs``: move each setting into its group (with a warning) so older checkpoints resume."""
+        config = self.config.get(self.config.subcommand) if self.config.get("subcommand") else self.config
+        model = config.get("model") if config is not None else None
+        extra = model.get("dict_kwargs") if model is not None else None
+        moved = [key for key in (extra or {}) if key in MOVED]
+        for key in moved:
+            model.init_args[MOVED[key]] = extra.pop(key)
+        if moved:
+            warnings.warn(
+                "the checkpoint's hyperparameters are in the flat layout of tdmr1-lightning 0.1; read as "
+                + ", ".join(f"{key} -> {MOVED[key]}" for key in moved),
+                FutureWarning,
+            )
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults(

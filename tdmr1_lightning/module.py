@@ -9,6 +9,7 @@ logging and checkpoint intervals count what a user expects.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
 from concurrent.futures import Future
@@ -38,7 +39,6 @@ from .registry import build_rewards
 from .reward import WeightedRewards
 from .sampler import sample_trajectory
 from .schedule import (
-    check_schedule,
     euler_step,
     renoise,
     sample_query_level,
@@ -46,6 +46,17 @@ from .schedule import (
     x0_from_velocity,
 )
 from .scoring import RewardScorer
+from .settings import (
+    GROUPS,
+    Advantages,
+    Batching,
+    FakeLoss,
+    GeneratorLoss,
+    Schedule,
+    Stepping,
+    SurrogateLoss,
+    as_group,
+)
 from .stepping import ManualStepper
 
 _SURROGATE_BETAS = {"betas": [0.9, 0.999]}
@@ -76,8 +87,6 @@ class TDMR1Module(L.LightningModule):
         rewards: The black-box rewards: a list of ``{name: <registered name> | class_path: <dotted path>,
             init_args: {...}, weight: 1.0}`` (``tdmr1 rewards list`` shows the names); none trains plain
             TDM distillation (no surrogate).
-        reward_combination: ``sum``: advantages of the weighted sum of rewards; ``advantages``: the
-            weighted sum of each reward's own advantages.
         eval_rewards: Rewards that score validation and test samples only (default: ``rewards``).
         overlap_rewards: Score rewards while the fake-score and generator losses (which need no
             advantages) are computed: ``true`` in a background thread (on a GPU with a CUDA stream of
@@ -87,8 +96,6 @@ class TDMR1Module(L.LightningModule):
             (and ``time/reward_wait_s``, how long training then waited): turn it on for a reward that
             is a large share of the step. OCR on a GPU was 3 % of the tiny config's step, and
             overlapping it saved nothing measurable (benchmarks/README.md).
-        freeze_surrogate_after: Stop training the surrogate after this many generator updates (the
-            paper's frozen-surrogate ablation); ``None`` keeps it online, re-trained every step.
         generator_optimizer: Optimizer of the generator's parameters.
         critic_optimizer: Optimizer of the fake score and the surrogate (two parameter groups); its
             settings (lr, betas, weight decay, ...) apply to both groups unless a group overrides them.
@@ -96,35 +103,13 @@ class TDMR1Module(L.LightningModule):
             (none by default: the reference's fake score uses lr 3e-4, betas (0, 0.999)).
         surrogate_param_group: Settings of the surrogate's group that differ from the critic
             optimizer's (default: betas (0.9, 0.999), the reference's surrogate).
-        num_steps: K, the generator's sampling steps.
-        shift: k, the time shift of the step boundaries and of the loss levels.
-        guidance_scale: w, the teacher's classifier-free guidance in the generator loss.
-        rl_guidance_scale: The surrogate's own classifier-free guidance in the reward term (rl_cfg):
-            ``Phi = R_u + rl_cfg (R_c - R_u)``.
-        beta: DGPO's beta: the surrogate's implied reward is ``beta * (l_ref - l)``.
-        s_min_gen: Lowest level of the surrogate's query point in the generator loss.
-        s_min_reward: Lowest level of the surrogate's training points.
-        trunc_steps: The reward term applies to boundaries ``j < trunc_steps``.
-        cfg_weight: Weight of the guidance term (tdm_weight); without the reward term (plain TDM, and
-            ``j >= trunc_steps``) the weight of the guidance and KL terms together.
-        reward_weight: Weight of the surrogate-reward term.
-        fake_teacher_weight: Weight of the fake score's pull towards the teacher.
-        level_margin: Margin added to ``S^-1(lower)`` when drawing every query level (sections 5.1, 8.3).
-        clip_range: PPO clip range of the surrogate loss.
-        trust_threshold: The trust clip acts when ``mean ||v_R - v_T||^2`` exceeds this.
-        lambda_kl: Weight of the surrogate's pull towards the teacher.
-        reference: Reference of the surrogate's implied reward: the frozen ``teacher`` or an ``ema`` of the surrogate.
-        reference_ema_decay: Decay of the EMA reference (with ``reference: ema``).
-        advantage_clip: Clip of the advantages.
-        advantage_std: ``global``: divide by the std of all rewards of the step (all processes); ``group``: per group.
-        binarize_advantages: Use ``sign(A) - mean(sign(A))`` (like / dislike rewards).
-        boundaries_per_batch: M, boundaries drawn per micro-batch (shared by all processes).
-        micro_batch_size: Samples per micro-batch per process; must hold whole groups.
-        rollout_batch_size: Samples per rollout / decoding chunk (default: ``micro_batch_size``).
-        updates_per_step: Optimizer updates per step (the step's micro-batches are split between them).
-        gradient_clip: Gradient-norm clip of each optimizer (0 disables it).
-        generator_ema_max_decay: Cap of the generator EMA decay ``min((1 + n) / (10 + n), cap)``.
-        max_nonfinite_steps: Stop with an error after this many consecutive steps with a non-finite loss.
+        schedule: K, the shift k and the query levels' margin (``settings.Schedule``).
+        fake_loss: The fake score's loss, 5.1 (``settings.FakeLoss``).
+        surrogate_loss: The surrogate's loss, 5.2: beta, clips, reference (``settings.SurrogateLoss``).
+        generator_loss: The generator's loss, 5.3: guidance scales, weights (``settings.GeneratorLoss``).
+        advantages: From rewards to advantages: combination, clip, std (``settings.Advantages``).
+        batching: Micro-batches, M boundaries, updates per step (``settings.Batching``).
+        stepping: Gradient clip, generator EMA, non-finite losses (``settings.Stepping``).
         log_images_every_n_steps: Log a grid of rollout images every this many steps (0: never).
         noise_seed: Seed of the rollout noise and the drawn levels; ``None``: the run's global seed
             (``seed_everything``). The resolved value is saved with the hyperparameters, so resuming repeats them.
@@ -134,63 +119,39 @@ class TDMR1Module(L.LightningModule):
         self,
         backbone: RectifiedFlowBackbone,
         rewards: list[dict[str, Any]] | None = None,
-        reward_combination: Literal["sum", "advantages"] = "sum",
         eval_rewards: list[dict[str, Any]] | None = None,
         overlap_rewards: bool | Literal["auto", "process"] = False,
-        freeze_surrogate_after: int | None = None,
         generator_optimizer: OptimizerCallable = _adamw(7.5e-5, (0.0, 0.999)),
         critic_optimizer: OptimizerCallable = _adamw(3e-4, (0.0, 0.999)),
         fake_param_group: dict[str, Any] | None = None,
         surrogate_param_group: dict[str, Any] | None = _SURROGATE_BETAS,
-        num_steps: int = 4,
-        shift: float = 3.0,
-        guidance_scale: float = 4.5,
-        rl_guidance_scale: float = 4.5,
-        beta: float = 10.0,
-        s_min_gen: float = 0.3,
-        s_min_reward: float = 0.3,
-        trunc_steps: int = 4,
-        cfg_weight: float = 0.3,
-        reward_weight: float = 0.7,
-        fake_teacher_weight: float = 0.02,
-        level_margin: float = 0.02,
-        clip_range: float = 1e-3,
-        trust_threshold: float = 0.05,
-        lambda_kl: float = 1e-3,
-        reference: Literal["teacher", "ema"] = "teacher",
-        reference_ema_decay: float = 0.95,
-        advantage_clip: float = 5.0,
-        advantage_std: Literal["global", "group"] = "global",
-        binarize_advantages: bool = False,
-        boundaries_per_batch: int = 2,
-        micro_batch_size: int = 24,
-        rollout_batch_size: int | None = None,
-        updates_per_step: int = 1,
-        gradient_clip: float = 1.0,
-        generator_ema_max_decay: float = 0.9,
-        max_nonfinite_steps: int = 3,
+        schedule: Schedule = Schedule(),
+        fake_loss: FakeLoss = FakeLoss(),
+        surrogate_loss: SurrogateLoss = SurrogateLoss(),
+        generator_loss: GeneratorLoss = GeneratorLoss(),
+        advantages: Advantages = Advantages(),
+        batching: Batching = Batching(),
+        stepping: Stepping = Stepping(),
         log_images_every_n_steps: int = 50,
         noise_seed: int | None = None,
     ) -> None:
         super().__init__()
-        check_schedule(num_steps, shift)
-        for name, value in (("s_min_gen", s_min_gen), ("s_min_reward", s_min_reward)):
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {value}")
-        for name, value in (
-            ("micro_batch_size", micro_batch_size),
-            ("updates_per_step", updates_per_step),
-            ("max_nonfinite_steps", max_nonfinite_steps),
-        ):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if not 1 <= boundaries_per_batch <= num_steps:
+        self.schedule = as_group("schedule", schedule)
+        self.fake_loss = as_group("fake_loss", fake_loss)
+        self.surrogate_loss = as_group("surrogate_loss", surrogate_loss)
+        self.generator_loss = as_group("generator_loss", generator_loss)
+        self.advantages = as_group("advantages", advantages)
+        self.batching = as_group("batching", batching)
+        self.stepping = as_group("stepping", stepping)
+        if self.batching.boundaries_per_batch > self.schedule.num_steps:
             raise ValueError(
-                f"boundaries_per_batch (M) must be in [1, num_steps={num_steps}], got {boundaries_per_batch}"
+                f"batching.boundaries_per_batch (M) must be in [1, schedule.num_steps={self.schedule.num_steps}], "
+                f"got {self.batching.boundaries_per_batch}"
             )
-        self.save_hyperparameters(
-            ignore=["backbone", "rewards", "eval_rewards", "generator_optimizer", "critic_optimizer"]
-        )
+        objects = ["backbone", "rewards", "eval_rewards", "generator_optimizer", "critic_optimizer"]
+        self.save_hyperparameters(ignore=objects + list(GROUPS))
+        # The groups as plain mappings: checkpoints load with weights_only, and hparams.yaml stays plain YAML.
+        self.save_hyperparameters({name: dataclasses.asdict(getattr(self, name)) for name in GROUPS})
         self.hparams.noise_seed = run_seed(noise_seed)  # recorded resolved (the CLI saves its config's null)
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold the roles only, not the frozen base
@@ -204,9 +165,9 @@ class TDMR1Module(L.LightningModule):
         self.critic_optimizer = critic_optimizer
         self.fake_param_group = dict(fake_param_group or {})
         self.surrogate_param_group = dict(surrogate_param_group or {})
-        self.boundaries = step_boundaries(num_steps, shift)
-        self.rollout_batch_size = rollout_batch_size or micro_batch_size
-        self.stepper = ManualStepper(self, gradient_clip)
+        self.boundaries = step_boundaries(self.schedule.num_steps, self.schedule.shift)
+        self.rollout_batch_size = self.batching.rollout_batch_size or self.batching.micro_batch_size
+        self.stepper = ManualStepper(self, self.stepping.gradient_clip)
         self._nonfinite_in_a_row = 0
         self._built = False
 
@@ -218,7 +179,7 @@ class TDMR1Module(L.LightningModule):
     def roles(self) -> list[str]:
         roles = [GENERATOR, FAKE, GENERATOR_EMA]
         if self.rewards is not None:
-            roles += [SURROGATE, SURROGATE_OLD] + ([SURROGATE_REF] if self.hparams.reference == "ema" else [])
+            roles += [SURROGATE, SURROGATE_OLD] + ([SURROGATE_REF] if self.surrogate_loss.reference == "ema" else [])
         return roles
 
     def setup(self, stage: str) -> None:
@@ -226,7 +187,7 @@ class TDMR1Module(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         group_size = getattr(datamodule, "group_size", None)
         if stage == "fit" and group_size is not None:
-            mbs = self.hparams.micro_batch_size
+            mbs = self.batching.micro_batch_size
             # A micro-batch holds whole groups, or whole shares of groups that other processes hold the rest of
             # in their micro-batch of the same index: the group sums S_g are then complete across processes.
             share = getattr(datamodule, "samples_per_group_local", group_size)
@@ -237,12 +198,14 @@ class TDMR1Module(L.LightningModule):
                     else f"whole shares of a group ({share} samples: "
                     f"data.group_size={group_size} / data.processes_per_group)"
                 )
-                raise ValueError(f"model.micro_batch_size={mbs} does not hold {held}: use a multiple of {share}")
+                raise ValueError(
+                    f"model.batching.micro_batch_size={mbs} does not hold {held}: use a multiple of {share}"
+                )
             local = getattr(datamodule, "samples_per_step_local", None)
             if local is not None and local % mbs:
                 raise ValueError(
                     f"a step's {local} samples per process (data.prompts_per_step x data.group_size / world size) "
-                    f"do not split into micro-batches of model.micro_batch_size={mbs}"
+                    f"do not split into micro-batches of model.batching.micro_batch_size={mbs}"
                 )
         # Rewards refuse prompts they cannot score (an OCR prompt without target text, ...) now, not mid-run.
         for rewards, records in (
@@ -347,11 +310,11 @@ class TDMR1Module(L.LightningModule):
     def _advantages(self, rewards: Tensor, valid: Tensor, all_groups: Tensor) -> Tensor:
         """This process's advantages, computed from every process's rewards (``all_groups``: every process's
         group indices, in rank order): a group's mean, and the std, cover all its members wherever they are."""
-        hp = self.hparams
+        settings = self.advantages
         all_rewards, all_valid = (self.all_gather(t).reshape(-1) for t in (rewards, valid))
-        std = losses.reward_std(all_rewards, all_valid) if hp.advantage_std == "global" else None
+        std = losses.reward_std(all_rewards, all_valid) if settings.std == "global" else None
         advantages = losses.group_advantages(
-            all_rewards, all_valid, all_groups, std, hp.advantage_clip, binarize=hp.binarize_advantages
+            all_rewards, all_valid, all_groups, std, settings.clip, binarize=settings.binarize
         )
         return advantages.reshape(-1, len(rewards))[self.global_rank]
 
@@ -365,7 +328,7 @@ class TDMR1Module(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """One TDM-R1 step (algorithm.md section 6): rollout -> score -> advantages -> per update (fake score,
         surrogate, generator losses) -> step the critic, then the generator -> EMAs."""
-        hp, step = self.hparams, self.global_step
+        step = self.global_step
         opt_g, opt_c = self.optimizers()
         prompts, metadata = batch["prompts"], batch["metadata"]
         group, sample = batch["group_index"].to(self.device), batch["sample_index"].to(self.device)
@@ -378,7 +341,7 @@ class TDMR1Module(L.LightningModule):
         )
         scoring = self._start_scoring(trajectory[-1], prompts, metadata) if self.rewards is not None else None
         advantages = torch.zeros(len(prompts), device=self.device)
-        levels = keyed_generator(hp.noise_seed, step, -1)  # same on every process
+        levels = keyed_generator(self.hparams.noise_seed, step, -1)  # same on every process
         metrics: dict[str, Tensor] = {}
         sums: dict[str, list[Tensor]] = {}
         for plan in self._update_plans(len(prompts), step, levels):
@@ -438,25 +401,23 @@ class TDMR1Module(L.LightningModule):
     ) -> list[list[tuple[slice, tuple[int, int], int, int]]]:
         """For every update of the step, its ``(micro-batch, draw (step, d), generator boundary j, surrogate
         boundary j')`` tuples, all drawn up front from ``levels`` (the same on every process)."""
-        hp = self.hparams
-        mbs = hp.micro_batch_size
+        K, batching = self.schedule.num_steps, self.batching
+        mbs, updates = batching.micro_batch_size, batching.updates_per_step
         micro_batches = [slice(i, i + mbs) for i in range(0, n, mbs)]
-        weights = torch.arange(1, hp.num_steps + 1, dtype=torch.float)
+        weights = torch.arange(1, K + 1, dtype=torch.float)
         plans = [
             [
                 (mb, (step, d), j, int(torch.multinomial(weights, 1, generator=levels)))
-                for mb in micro_batches[u :: hp.updates_per_step]
-                for d, j in enumerate(
-                    torch.randperm(hp.num_steps, generator=levels)[: hp.boundaries_per_batch].tolist()
-                )
+                for mb in micro_batches[u::updates]
+                for d, j in enumerate(torch.randperm(K, generator=levels)[: batching.boundaries_per_batch].tolist())
             ]
-            for u in range(hp.updates_per_step)
+            for u in range(updates)
         ]
         return [plan for plan in plans if plan]
 
     @property
     def _surrogate_frozen(self) -> bool:
-        after = self.hparams.freeze_surrogate_after
+        after = self.surrogate_loss.freeze_after
         return after is not None and self.global_step >= after
 
     def _start_scoring(self, latents: Tensor, prompts: list[str], metadata: list[dict]) -> Future:
@@ -471,7 +432,7 @@ class TDMR1Module(L.LightningModule):
         """Advantages of the step's samples (collective across processes) and the reward metrics."""
         outputs, seconds, waited = self.scorer.finish(scoring)
         rewards, valid = (t.to(self.device) for t in WeightedRewards.weighted_sum(outputs))
-        if self.hparams.reward_combination == "sum" or len(outputs) == 1:
+        if self.advantages.reward_combination == "sum" or len(outputs) == 1:
             advantages = self._advantages(rewards, valid, all_groups)
         else:
             advantages = sum(
@@ -505,8 +466,8 @@ class TDMR1Module(L.LightningModule):
         Returns the detached values to log; the name of a loss that is not finite is appended to
         ``nonfinite`` instead of being backpropagated.
         """
-        hp, bb, s_ = self.hparams, self.backbone, self.boundaries
-        k = hp.shift
+        bb, s_, gl = self.backbone, self.boundaries, self.generator_loss
+        k, margin = self.schedule.shift, self.schedule.level_margin
         shape = tuple(trajectory.shape[2:])
         x_j = trajectory[j]
 
@@ -516,12 +477,12 @@ class TDMR1Module(L.LightningModule):
         x_next = euler_step(x_j, s_[j], s_[j + 1], v).detach()
 
         # 5.1 fake score, at the level the generator loss queries it (the reference's one tau per boundary)
-        s = sample_query_level(s_[j + 1], k, hp.level_margin, levels)
+        s = sample_query_level(s_[j + 1], k, margin, levels)
         x_s = renoise(x_next, s_[j + 1], s, self.keyed_noise(shape, sample, *draw, _FAKE_NOISE))
         with torch.no_grad():
             v_teacher = bb.velocity(TEACHER, x_s, s, cond)
         loss_fake = losses.fake_score_loss(
-            bb.velocity(FAKE, x_s, s, cond), x_s, x0_hat.detach(), s, v_teacher, hp.fake_teacher_weight
+            bb.velocity(FAKE, x_s, s, cond), x_s, x0_hat.detach(), s, v_teacher, self.fake_loss.teacher_weight
         )
         self._backward(loss_fake * scale, "fake", nonfinite)
 
@@ -532,9 +493,9 @@ class TDMR1Module(L.LightningModule):
             vc, vu = bb.velocity_cond_uncond(TEACHER, x_s, s, cond)
             t_cond, t_uncond = x0_from_velocity(x_s, s, vc), x0_from_velocity(x_s, s, vu)
             r_cond = r_uncond = base = None
-            with_reward = self.rewards is not None and j < hp.trunc_steps
+            with_reward = self.rewards is not None and j < gl.trunc_steps
             if with_reward:
-                s2 = sample_query_level(max(s_[j + 1], hp.s_min_gen), k, hp.level_margin, levels)
+                s2 = sample_query_level(max(s_[j + 1], gl.s_min_gen), k, margin, levels)
                 x_s2 = renoise(x_next, s_[j + 1], s2, self.keyed_noise(shape, group, *draw, _GENERATOR_GROUP_NOISE))
                 base = x0_from_velocity(x_s2, s2, bb.velocity(TEACHER, x_s2, s2, cond))
                 # Phi is the surrogate's own guidance (section 8.1): both its predictions in one batched call
@@ -545,13 +506,13 @@ class TDMR1Module(L.LightningModule):
             t_cond,
             t_uncond,
             fake,
-            hp.guidance_scale,
+            gl.guidance_scale,
             r_cond,
             r_uncond,
             base,
-            hp.rl_guidance_scale,
-            hp.cfg_weight,
-            hp.reward_weight,
+            gl.rl_guidance_scale,
+            gl.cfg_weight,
+            gl.reward_weight,
         )
         self._backward(out.loss * scale, "generator", nonfinite)
         logs = {
@@ -578,17 +539,17 @@ class TDMR1Module(L.LightningModule):
         nonfinite: list[str],
     ) -> dict[str, Tensor]:
         """The surrogate-reward loss (5.2, DGPO) from the stored state after boundary ``j_reward``, backpropagated."""
-        hp, bb, s_ = self.hparams, self.backbone, self.boundaries
+        bb, s_, sl = self.backbone, self.boundaries, self.surrogate_loss
         s_n = s_[j_reward + 1]
         x_n = trajectory[j_reward + 1]
-        s = sample_query_level(max(s_n, hp.s_min_reward), hp.shift, hp.level_margin, levels)
+        s = sample_query_level(max(s_n, sl.s_min_reward), self.schedule.shift, self.schedule.level_margin, levels)
         xi = self.keyed_noise(tuple(x_n.shape[1:]), group, *draw, _SURROGATE_GROUP_NOISE)
         x_s = renoise(x_n, s_n, s, xi)
         v_target = losses.surrogate_target_velocity(x_n, xi, s_n, s)
         with torch.no_grad():
             v_teacher = bb.velocity(TEACHER, x_s, s, cond)
             v_old = bb.velocity(SURROGATE_OLD, x_s, s, cond)
-            v_ref = bb.velocity(SURROGATE_REF, x_s, s, cond) if hp.reference == "ema" else v_teacher
+            v_ref = bb.velocity(SURROGATE_REF, x_s, s, cond) if sl.reference == "ema" else v_teacher
         out = losses.surrogate_loss(
             bb.velocity(SURROGATE, x_s, s, cond),
             v_ref,
@@ -597,11 +558,11 @@ class TDMR1Module(L.LightningModule):
             v_target,
             advantages,
             group,
-            hp.beta,
-            hp.clip_range,
-            hp.trust_threshold,
-            hp.lambda_kl,
-            (j_reward + 1) / hp.num_steps,
+            sl.beta,
+            sl.clip_range,
+            sl.trust_threshold,
+            sl.lambda_kl,
+            (j_reward + 1) / self.schedule.num_steps,
             group_sum,
         )
         self._backward(out.loss * scale, "surrogate", nonfinite)
@@ -630,20 +591,19 @@ class TDMR1Module(L.LightningModule):
             f"step {self.global_step}: non-finite {', '.join(sorted(set(names)))} loss "
             f"({self._nonfinite_in_a_row} step(s) in a row)"
         )
-        if self._nonfinite_in_a_row >= self.hparams.max_nonfinite_steps:
-            raise NonFiniteLossError(
-                f"{message}; stopping (model.max_nonfinite_steps={self.hparams.max_nonfinite_steps})"
-            )
+        limit = self.stepping.max_nonfinite_steps
+        if self._nonfinite_in_a_row >= limit:
+            raise NonFiniteLossError(f"{message}; stopping (model.stepping.max_nonfinite_steps={limit})")
         warnings.warn(f"{message}; skipping the step", RuntimeWarning)
 
     def _update_emas(self, n: int) -> None:
         """EMA updates after the ``n + 1``-th generator update (``n`` made before it)."""
         roles = self.backbone.roles
-        roles.ema_update_(GENERATOR_EMA, min((1 + n) / (10 + n), self.hparams.generator_ema_max_decay))
+        roles.ema_update_(GENERATOR_EMA, min((1 + n) / (10 + n), self.stepping.generator_ema_max_decay))
         if self.rewards is not None:
             roles.ema_update_(SURROGATE_OLD, min(0.3, 0.001 + 0.001 * n))
-            if self.hparams.reference == "ema":
-                roles.ema_update_(SURROGATE_REF, self.hparams.reference_ema_decay)
+            if self.surrogate_loss.reference == "ema":
+                roles.ema_update_(SURROGATE_REF, self.surrogate_loss.reference_ema_decay)
 
     def _reward_metrics(self, rewards: Tensor, valid: Tensor, advantages: Tensor) -> dict[str, Tensor]:
         r = rewards[valid]

@@ -71,9 +71,9 @@ def test_unknown_reward_is_named_with_the_installed_ones(tmp_path, tiny_sd3_path
 @pytest.mark.parametrize(
     "override,match",
     [
-        ("--model.num_steps=0", "num_steps"),
-        ("--model.shift=-1", "shift"),
-        ("--model.micro_batch_size=6", "micro_batch_size=6 does not hold whole groups"),
+        ("--model.schedule.num_steps=0", "num_steps"),
+        ("--model.schedule.shift=-1", "shift"),
+        ("--model.batching.micro_batch_size=6", "micro_batch_size=6 does not hold whole groups"),
         ("--data.processes_per_group=2", r"processes_per_group=2 does not divide the world size \(1\)"),
         ("--data.train_prompts=configs/prompts/no_such_file.txt", "no_such_file.txt"),
     ],
@@ -90,7 +90,7 @@ def test_micro_batch_must_hold_whole_shares_of_groups(tmp_path, tiny_sd3_path, m
     from types import SimpleNamespace
 
     _never_build(monkeypatch)
-    cli = build_cli(_fit_args(tmp_path, tiny_sd3_path, "--model.micro_batch_size=3"), run=False)
+    cli = build_cli(_fit_args(tmp_path, tiny_sd3_path, "--model.batching.micro_batch_size=3"), run=False)
     datamodule = SimpleNamespace(group_size=8, samples_per_group_local=4, samples_per_step_local=16, train_records=None)
     monkeypatch.setattr(type(cli.model), "trainer", property(lambda self: SimpleNamespace(datamodule=datamodule)))
     cli.model._trainer = object()
@@ -234,7 +234,7 @@ def test_sd35_rl_configs_validate_held_out_prompts_every_60_updates(name):
     )  # held out from the training prompts
     # the reference's geometry: a group of 24 shared by processes_per_group GPUs, one share a micro-batch
     assert (
-        config["model"]["micro_batch_size"] * config["data"]["processes_per_group"]
+        config["model"]["batching"]["micro_batch_size"] * config["data"]["processes_per_group"]
         == config["data"]["group_size"]
         == 24
     )

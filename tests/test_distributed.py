@@ -119,13 +119,13 @@ def test_a_group_split_across_two_processes_trains_as_one_process_holding_it(tmp
         assert done.returncode == 0, done.stderr[-3000:]
         return torch.load(out)
 
-    one = fit("one", "--trainer.devices=1", "--model.micro_batch_size=4")
+    one = fit("one", "--trainer.devices=1", "--model.batching.micro_batch_size=4")
     split = fit(
         "split",
         "--trainer.strategy=ddp",
         "--trainer.devices=2",
         "--data.processes_per_group=2",
-        "--model.micro_batch_size=2",
+        "--model.batching.micro_batch_size=2",
     )
     for role, value in one["end"].items():
         assert not torch.equal(value, one["start"][role]), role  # every role trained

@@ -304,7 +304,7 @@ def test_sampler_matches_generate_and_ignores_batch_size(tmp_path, tiny_cli):
             p.add_(0.05 * torch.randn_like(p))
     prompts = ["a red circle", "a blue square", "two yellow circles"]
     shape = (len(prompts), *module.backbone.latent_shape)
-    K = step_boundaries(module.hparams.num_steps, module.hparams.shift)
+    K = step_boundaries(module.schedule.num_steps, module.schedule.shift)
     for role in [GENERATOR_EMA, TEACHER]:  # at K steps, no guidance: exactly TDMR1Module.generate
         noise = torch.randn(shape, generator=torch.Generator().manual_seed(3))
         assert torch.equal(sample_images(module, prompts, noise, role, K), module.generate(prompts, role, seed=3))
@@ -397,14 +397,23 @@ def test_prompts_a_reward_refuses_fail_before_weights_load(tmp_path, tiny_sd3_pa
 
 def test_passthrough_and_set_reach_the_config_parser(tmp_path, tiny_sd3_path, prompts):
     out = tmp_path / "out"
-    args = base_args(tiny_sd3_path, prompts, "--set", "model.num_steps=2", "--out", str(out), "--", "--model.shift=1.0")
+    args = base_args(
+        tiny_sd3_path,
+        prompts,
+        "--set",
+        "model.schedule.num_steps=2",
+        "--out",
+        str(out),
+        "--",
+        "--model.schedule.shift=1.0",
+    )
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     assert (results["steps"], results["shift"]) == (2, 1.0)
     assert results["overrides"] == [
-        "--model.num_steps=2",
+        "--model.schedule.num_steps=2",
         f"--model.backbone.init_args.directory={tiny_sd3_path}",
-        "--model.shift=1.0",
+        "--model.schedule.shift=1.0",
     ]
 
 

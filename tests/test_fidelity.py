@@ -73,7 +73,9 @@ def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_gradient_checkpointing_trains_exactly_the_same_updates(tmp_path, fit, mode):
     # Between the generator's forward and its backward the fake score, the teacher and the surrogate are
     # queried: a recomputation with whichever adapter is active then would give another role's gradient.
-    extra = ["--trainer.max_steps=2", "--model.gradient_clip=0"] + (["--model.rewards=null"] if mode == "tdm" else [])
+    extra = ["--trainer.max_steps=2", "--model.stepping.gradient_clip=0"] + (
+        ["--model.rewards=null"] if mode == "tdm" else []
+    )
     runs = {}
     for checkpointing in (False, True):
         grads = Gradients()
@@ -149,10 +151,10 @@ def test_surrogate_guidance_is_its_own(tmp_path, fit, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(losses, "generator_loss", spy)
-    cli = fit(tmp_path, "--trainer.max_steps=1", "--model.rl_guidance_scale=3.0")
+    cli = fit(tmp_path, "--trainer.max_steps=1", "--model.generator_loss.rl_guidance_scale=3.0")
     assert seen
     for _x0_hat, _tc, _tu, _fake, w, r_cond, r_uncond, base, rl_cfg, *_ in seen:
-        assert rl_cfg == 3.0 and w == cli.model.hparams.guidance_scale
+        assert rl_cfg == 3.0 and w == cli.model.generator_loss.guidance_scale
         assert torch.equal(r_cond, base)
         assert (r_cond - r_uncond).abs().max() > 1e-4  # the prompt matters to the tiny model: guidance is not trivial
 
@@ -208,7 +210,12 @@ def test_every_query_level_keeps_the_margin(tmp_path, fit, monkeypatch):
         return s
 
     monkeypatch.setattr(module_file, "sample_query_level", spy)
-    cli = fit(tmp_path, "--trainer.max_steps=1", "--model.s_min_gen=0.6", "--model.s_min_reward=0.8")
+    cli = fit(
+        tmp_path,
+        "--trainer.max_steps=1",
+        "--model.generator_loss.s_min_gen=0.6",
+        "--model.surrogate_loss.s_min_reward=0.8",
+    )
     assert all(margin == 0.02 for _, margin, _ in calls)
     assert all(s >= time_shift(float(inverse_time_shift(above, 3.0)) + 0.02, 3.0) - 1e-12 for above, _, s in calls)
     lowers = {round(above, 6) for above, _, _ in calls}

@@ -110,8 +110,8 @@ def test_max_steps_counts_generator_updates(tmp_path, tiny_args, updates_per_ste
         tiny_args(
             tmp_path,
             "--trainer.max_steps=3",
-            f"--model.updates_per_step={updates_per_step}",
-            "--model.micro_batch_size=4",
+            f"--model.batching.updates_per_step={updates_per_step}",
+            "--model.batching.micro_batch_size=4",
             "--data.prompts_per_step=2",
         ),
         run=False,
@@ -150,7 +150,9 @@ def test_non_finite_loss_skips_then_stops(tmp_path, tiny_args, monkeypatch):
     assert snap.steps == 2 and cli.trainer.global_step == 1  # the first step was skipped, not stepped
 
     monkeypatch.setattr(losses, "fake_score_loss", lambda *a, **k: real(*a, **k) * float("nan"))
-    cli = build_cli(tiny_args(tmp_path / "b", "--trainer.max_steps=5", "--model.max_nonfinite_steps=2"), run=False)
+    cli = build_cli(
+        tiny_args(tmp_path / "b", "--trainer.max_steps=5", "--model.stepping.max_nonfinite_steps=2"), run=False
+    )
     with pytest.warns(RuntimeWarning), pytest.raises(NonFiniteLossError, match=r"2 step\(s\) in a row"):
         cli.trainer.fit(cli.model, cli.datamodule)
 
@@ -252,7 +254,7 @@ def test_two_rewards_combined_by_advantages(tmp_path, tiny_args):
             tmp_path,
             "--trainer.max_steps=1",
             f"--model.rewards={rewards}",
-            "--model.reward_combination=advantages",
+            "--model.advantages.reward_combination=advantages",
         ),
         run=False,
     )
@@ -326,7 +328,7 @@ def test_frozen_surrogate_stops_changing(tmp_path, tiny_args):
             tmp_path,
             "--trainer.logger=false",
             "--trainer.max_steps=3",
-            "--model.freeze_surrogate_after=1",
+            "--model.surrogate_loss.freeze_after=1",
         ),
         run=False,
     )

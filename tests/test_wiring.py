@@ -26,6 +26,7 @@ from tdmr1_lightning.backbones.base import (
 )
 from tdmr1_lightning.module import TDMR1Module
 from tdmr1_lightning.schedule import inverse_time_shift, x0_from_velocity
+from tdmr1_lightning.settings import Batching, GeneratorLoss, Schedule, SurrogateLoss
 
 K, P, G = 4, 2, 4  # steps, prompts a step, group size
 
@@ -97,23 +98,15 @@ def step_record(monkeypatch):
     module = TDMR1Module(
         AnalyticBackbone(),
         rewards=[{"name": "jpeg_compressibility"}],
-        num_steps=K,
-        shift=3.0,
-        boundaries_per_batch=K,
-        trunc_steps=2,
-        micro_batch_size=P * G,
-        guidance_scale=4.0,
-        rl_guidance_scale=2.5,
-        cfg_weight=0.4,
-        reward_weight=0.6,
-        fake_teacher_weight=0.05,
-        beta=7.0,
-        clip_range=0.01,
-        trust_threshold=0.04,
-        lambda_kl=2e-3,
-        s_min_gen=0.3,
-        s_min_reward=0.55,
-        level_margin=0.02,
+        schedule=Schedule(num_steps=K, shift=3.0, level_margin=0.02),
+        generator_loss=GeneratorLoss(
+            guidance_scale=4.0, rl_guidance_scale=2.5, cfg_weight=0.4, reward_weight=0.6, s_min_gen=0.3, trunc_steps=2
+        ),
+        fake_loss={"teacher_weight": 0.05},  # a mapping works too (a checkpoint's hyperparameters)
+        surrogate_loss=SurrogateLoss(
+            beta=7.0, clip_range=0.01, trust_threshold=0.04, lambda_kl=2e-3, s_min_reward=0.55
+        ),
+        batching=Batching(boundaries_per_batch=K, micro_batch_size=P * G),
         noise_seed=3,
     )
     batch = {
@@ -155,7 +148,7 @@ def test_losses_run_in_the_algorithms_order(step_record):
 
 def test_generator_and_fake_score_receive_the_rollout_state_its_level_and_their_weights(step_record):
     module, log = step_record
-    s_, hp = module.boundaries, module.hparams
+    s_ = module.boundaries
     states = _rollout(module)
     grad_queries = [c for c in module.backbone.calls if c[3] and c[0] == GENERATOR]
     fakes = [entry for entry in log if entry[0] == "fake_score_loss"]
@@ -171,20 +164,27 @@ def test_generator_and_fake_score_receive_the_rollout_state_its_level_and_their_
         assert torch.allclose(x0_hat, x0_from_velocity(x, level, v), atol=1e-6)
         assert torch.equal(gen_args[0].detach(), x0_hat)  # the generator loss differentiates the same prediction
         # the fake score's level: above the next boundary by the margin, S(u) with u >= S^-1(s_{j+1}) + margin
-        assert inverse_time_shift(s, hp.shift) >= inverse_time_shift(s_[j + 1], hp.shift) + hp.level_margin - 1e-9
-        assert teacher_weight == hp.fake_teacher_weight
+        assert (
+            inverse_time_shift(s, module.schedule.shift)
+            >= inverse_time_shift(s_[j + 1], module.schedule.shift) + module.schedule.level_margin - 1e-9
+        )
+        assert teacher_weight == module.fake_loss.teacher_weight
         # the generator loss's fake-score and teacher queries are at the fake score's own level (one tau)
         guidance_scale = gen_args[4]
-        assert guidance_scale == hp.guidance_scale
+        assert guidance_scale == module.generator_loss.guidance_scale
         rl_cfg, cfg_weight, reward_weight = gen_args[8:11]
-        assert (rl_cfg, cfg_weight, reward_weight) == (hp.rl_guidance_scale, hp.cfg_weight, hp.reward_weight)
-        with_reward = j < hp.trunc_steps
+        assert (rl_cfg, cfg_weight, reward_weight) == (
+            module.generator_loss.rl_guidance_scale,
+            module.generator_loss.cfg_weight,
+            module.generator_loss.reward_weight,
+        )
+        with_reward = j < module.generator_loss.trunc_steps
         assert (gen_args[5] is not None) == with_reward  # the reward term only before trunc_steps
 
 
 def test_query_levels_of_each_role(step_record):
     module, _ = step_record
-    s_, hp = module.boundaries, module.hparams
+    s_ = module.boundaries
     calls = module.backbone.calls[K:]  # after the rollout
     # group the no-grad queries by the grad generator query that opens each boundary's block
     blocks, current = [], None
@@ -201,11 +201,14 @@ def test_query_levels_of_each_role(step_record):
         fake_block = [q for q in queries if q[1] == fake_level]
         assert {(role, grad) for role, _, grad in fake_block} >= {(TEACHER, False), (FAKE, True), (FAKE, False)}
         surrogate = [level for role, level, grad in queries if role == SURROGATE and not grad]
-        if j < hp.trunc_steps:  # the surrogate's query in the generator loss: above max(s_{j+1}, s_min_gen)
+        if (
+            j < module.generator_loss.trunc_steps
+        ):  # the surrogate's query in the generator loss: above max(s_{j+1}, s_min_gen)
             assert len(surrogate) == 1
-            low = max(s_[j + 1], hp.s_min_gen)
+            low = max(s_[j + 1], module.generator_loss.s_min_gen)
             assert (
-                inverse_time_shift(surrogate[0], hp.shift) >= inverse_time_shift(low, hp.shift) + hp.level_margin - 1e-9
+                inverse_time_shift(surrogate[0], module.schedule.shift)
+                >= inverse_time_shift(low, module.schedule.shift) + module.schedule.level_margin - 1e-9
             )
         else:
             assert surrogate == []
@@ -213,7 +216,7 @@ def test_query_levels_of_each_role(step_record):
 
 def test_surrogate_loss_receives_the_stored_state_its_level_weights_and_advantages(step_record):
     module, log = step_record
-    s_, hp = module.boundaries, module.hparams
+    s_ = module.boundaries
     states = _rollout(module)
     targets = [entry for entry in log if entry[0] == "surrogate_target_velocity"]
     surrogates = [entry for entry in log if entry[0] == "surrogate_loss"]
@@ -224,12 +227,20 @@ def test_surrogate_loss_receives_the_stored_state_its_level_weights_and_advantag
         assert n >= 1
         if n < K:  # a stored intermediate state of the rollout
             assert torch.equal(x_n, states[n])
-        low = max(s_n, hp.s_min_reward)
-        assert inverse_time_shift(s, hp.shift) >= inverse_time_shift(low, hp.shift) + hp.level_margin - 1e-9
+        low = max(s_n, module.surrogate_loss.s_min_reward)
+        assert (
+            inverse_time_shift(s, module.schedule.shift)
+            >= inverse_time_shift(low, module.schedule.shift) + module.schedule.level_margin - 1e-9
+        )
         (v_surrogate, v_ref, v_old, v_teacher, v_target, adv, group, beta, clip, trust, lambda_kl, step_weight, _) = (
             args
         )
-        assert (beta, clip, trust, lambda_kl) == (hp.beta, hp.clip_range, hp.trust_threshold, hp.lambda_kl)
-        assert step_weight == n / hp.num_steps
+        assert (beta, clip, trust, lambda_kl) == (
+            module.surrogate_loss.beta,
+            module.surrogate_loss.clip_range,
+            module.surrogate_loss.trust_threshold,
+            module.surrogate_loss.lambda_kl,
+        )
+        assert step_weight == n / module.schedule.num_steps
         assert torch.equal(adv, advantages)  # one process, one micro-batch: the step's advantages as computed
         assert torch.equal(v_ref, v_teacher)  # reference: teacher

@@ -2,7 +2,7 @@
 
 The generator (its EMA by default) samples at K steps without guidance, exactly as in validation and
 ``predict``; the teacher samples at N steps (default :data:`TEACHER_DEFAULT_STEPS`) with
-classifier-free guidance (default: the config's ``model.guidance_scale``). Every sample is scored by
+classifier-free guidance (default: the config's ``model.generator_loss.guidance_scale``). Every sample is scored by
 the evaluation rewards (the config's ``model.eval_rewards``, else ``model.rewards``, or ``--rewards``),
 and the scores are summarised per tag (the prompt metadata's ``tag``, e.g. GenEval's, else one row
 ``all``):

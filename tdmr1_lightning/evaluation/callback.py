@@ -107,7 +107,7 @@ class EvaluateOnFit(L.Callback):
                 self.metadata,
                 self.tags,
                 role=role,
-                boundaries=step_boundaries(steps, module.hparams.shift),
+                boundaries=step_boundaries(steps, module.schedule.shift),
                 guidance=guidance,
                 rewards=rewards,
                 images_per_prompt=self.counts,
@@ -142,7 +142,7 @@ class EvaluateOnFit(L.Callback):
                 pl_module,
                 f"generator at start (step {trainer.global_step})",
                 "generator_ema",
-                pl_module.hparams.num_steps,
+                pl_module.schedule.num_steps,
                 1.0,
             )
         trainer.strategy.barrier("EvaluateOnFit.start")
@@ -154,14 +154,14 @@ class EvaluateOnFit(L.Callback):
                 pl_module,
                 f"generator after training (step {trainer.global_step})",
                 "generator_ema",
-                pl_module.hparams.num_steps,
+                pl_module.schedule.num_steps,
                 1.0,
             )
             if self.teacher_steps is not None:
                 guidance = (
                     self.teacher_guidance
                     if self.teacher_guidance is not None
-                    else float(pl_module.hparams.guidance_scale)
+                    else float(pl_module.generator_loss.guidance_scale)
                 )
                 self._run(
                     trainer,
@@ -175,7 +175,7 @@ class EvaluateOnFit(L.Callback):
             title = (
                 f"Evaluation{f' ({self.name})' if self.name else ''} on {self.prompts_path}: "
                 f"{len(self.records)} prompts x {self.images_per_prompt}{at_least}, "
-                f"{sum(self.counts)} samples, seed {self.seed}; generator rows at {pl_module.hparams.num_steps} steps "
+                f"{sum(self.counts)} samples, seed {self.seed}; generator rows at {pl_module.schedule.num_steps} steps "
                 "without guidance"
             )
             table = format_comparison(self.rows, title)

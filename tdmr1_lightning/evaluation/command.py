@@ -35,10 +35,10 @@ GRID_MAX_PROMPTS = 64
 
 _EPILOG = f"""\
 roles and defaults:
-  generator_ema, generator: K steps (model.num_steps) without guidance; --steps samples the same
+  generator_ema, generator: K steps (model.schedule.num_steps) without guidance; --steps samples the same
       generator at another step count; --guidance is refused (the generator distilled the teacher's
       guidance), except 1.0 (= none).
-  teacher: {TEACHER_DEFAULT_STEPS} steps with guidance model.guidance_scale; --ckpt does not change it.
+  teacher: {TEACHER_DEFAULT_STEPS} steps with guidance model.generator_loss.guidance_scale; --ckpt does not change it.
   All roles step over the boundaries S(1 - j / N) with the model's shift, as in training.
 
 rewards (--rewards, or a config's model.eval_rewards / model.rewards): a YAML or JSON list, or a file
@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--guidance",
         type=_guidance,
         metavar="W",
-        help="classifier-free guidance of the teacher (default: model.guidance_scale; 1 = none); "
+        help="classifier-free guidance of the teacher (default: model.generator_loss.guidance_scale; 1 = none); "
         "a generator role accepts only 1",
     )
     sampling.add_argument(
@@ -481,7 +481,7 @@ def run(options: argparse.Namespace, passthrough: Sequence[str] = (), fail=None)
     module = cli.model
     if not isinstance(module, TDMR1Module):
         _fail(f"--config {options.config}: configures {type(module).__name__}, not a TDMR1Module")
-    hp = module.hparams
+    schedule = module.schedule
     config = _resolved_config(cli)
     if checked.override_rewards is not None:
         reward_entries, rewards = checked.override_rewards
@@ -493,10 +493,14 @@ def run(options: argparse.Namespace, passthrough: Sequence[str] = (), fail=None)
             "(or --save-images to only sample)"
         )
     is_generator = options.role != "teacher"
-    steps = options.steps or (hp.num_steps if is_generator else TEACHER_DEFAULT_STEPS)
-    guidance = 1.0 if is_generator else (options.guidance if options.guidance is not None else float(hp.guidance_scale))
+    steps = options.steps or (schedule.num_steps if is_generator else TEACHER_DEFAULT_STEPS)
+    guidance = (
+        1.0
+        if is_generator
+        else (options.guidance if options.guidance is not None else float(module.generator_loss.guidance_scale))
+    )
     try:
-        boundaries = step_boundaries(steps, hp.shift)
+        boundaries = step_boundaries(steps, schedule.shift)
     except ValueError as err:
         _fail(str(err))
     prompts, metadata, prompt_tags = split_records(records)
@@ -547,7 +551,7 @@ def run(options: argparse.Namespace, passthrough: Sequence[str] = (), fail=None)
         "prompts": str(options.prompts),
         "role": options.role,
         "steps": steps,
-        "shift": float(hp.shift),
+        "shift": float(schedule.shift),
         "guidance": guidance,
         "seed": options.seed,
         "num_prompts": len(records),

@@ -62,7 +62,7 @@ def reward_before_and_after(
     """``(mean soft score before, after)`` of one seeded run in ``workdir`` (no logger, no checkpoints).
 
     ``seed`` is the run's ``seed_everything``: its rollout noise, drawn levels and prompt order.
-    ``overrides`` go to the config parser after the run's own settings, e.g. ``["--model.beta=5"]``.
+    ``overrides`` go to the config parser after the run's own settings, e.g. ``["--model.surrogate_loss.beta=5"]``.
     ``config`` is a TDM-R1 config with a ``shapes_geneval`` training reward (the quick start's by
     default); the prompts are the first ``num_prompts`` of its training file (of ``tags`` only, if
     given), scored in its world.

@@ -4,7 +4,7 @@ The run is :func:`tdmr1_lightning.shapes.learning.reward_before_and_after` (the 
 on a fixed prompt set); ``python benchmarks/shapes_learning.py`` repeats it over seeds. The margin
 comes from those repeated runs with the shipped files (docs/experiments/shapes.md, "Does TDM-R1 learn here?"),
 measured after the generator loss took the reference's weights and the surrogate's own guidance:
-seeds 0, 1, 2 gained +0.031, +0.042, +0.015; without the reward term (``--model.reward_weight=0``,
+seeds 0, 1, 2 gained +0.031, +0.042, +0.015; without the reward term (``--model.generator_loss.reward_weight=0``,
 the TDM part alone, which now raises the score in two seeds) +0.012, +0.014,
 -0.005. The test runs seed 1, the seed whose gain depends most on the reward (+0.029 over its run
 without it), and asks for a gain above 0.028: halfway between that seed's gain without the reward and
