@@ -4,13 +4,15 @@
 the help taken from the docstrings; ``--print_config`` shows the resolved configuration; ``tdmr1 rewards list``
 shows the installed rewards; ``tdmr1 evaluate`` scores a prompt set through a checkpoint (see ``evaluation/``).
 Every other command lives here too (:data:`COMMANDS`), so no library module is also a ``__main__``:
-``tdmr1 assets`` (ship a pipeline or a LoRA), ``tdmr1 tiny DIR`` (a random tiny SD3), ``tdmr1 pretrain export``
-(a teacher checkpoint to a pipeline), ``tdmr1 shapes prompts`` and ``tdmr1 shapes breakdown`` (the shapes world).
+``tdmr1 assets`` (ship a pipeline or a LoRA), ``tdmr1 consolidate`` (a sharded checkpoint in one file),
+``tdmr1 tiny DIR`` (a random tiny SD3), ``tdmr1 pretrain export`` (a teacher checkpoint to a pipeline),
+``tdmr1 shapes prompts`` and ``tdmr1 shapes breakdown`` (the shapes world).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -22,6 +24,7 @@ from .module import TDMR1Module
 from .paths import resolve_existing
 from .registry import format_reward_table
 from .settings import MOVED, flat_settings
+from .sharding import check_launch_environment
 
 
 class TDMR1CLI(LightningCLI):
@@ -48,6 +51,8 @@ class TDMR1CLI(LightningCLI):
         # made absolute, so the copy of the config saved with the run names the same files.
         resolve_existing(self.config)
         self._regroup_checkpoint_settings()
+        config = self.config.get(self.config.subcommand) if self.config.get("subcommand") else self.config
+        check_launch_environment(int(config.trainer.num_nodes or 1), dict(os.environ))
 
     def _regroup_checkpoint_settings(self) -> None:
         """``--ckpt_path`` applies the checkpoint's hyperparameters; one saved in the flat layout lands in
@@ -104,6 +109,7 @@ def rewards_command(args: list[str]) -> int:
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("rewards",): ("tdmr1_lightning.cli", "rewards_command"),
     ("evaluate",): ("tdmr1_lightning.evaluation.command", "main"),
+    ("consolidate",): ("tdmr1_lightning.sharding", "consolidate_command"),
     ("assets",): ("tdmr1_lightning.assets", "main"),
     ("tiny",): ("tdmr1_lightning.tiny", "main"),
     ("pretrain",): ("tdmr1_lightning.pretrain", "main"),

@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
-from . import losses
+from . import losses, sharding
 from .backbones.base import (
     FAKE,
     GENERATOR,
@@ -183,7 +183,12 @@ class TDMR1Module(L.LightningModule):
         return roles
 
     def setup(self, stage: str) -> None:
-        # Runs before configure_model: bad batch geometry fails before any weights load.
+        # Runs before configure_model: bad batch geometry, or a family FSDP2 cannot shard, fails before weights load.
+        if sharding.is_sharded(self._trainer) and not self.backbone.shards_blocks:
+            raise ValueError(
+                f"--trainer.strategy {type(self.trainer.strategy).__name__} (FSDP2) shards a denoiser block by block, "
+                f"and {type(self.backbone).__name__} does not name its blocks (RectifiedFlowBackbone.denoiser_blocks)"
+            )
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         group_size = getattr(datamodule, "group_size", None)
         if stage == "fit" and group_size is not None:
@@ -223,6 +228,10 @@ class TDMR1Module(L.LightningModule):
         if self._built:
             return
         self.backbone.build(self.roles)
+        trainer = self._trainer
+        if sharding.is_sharded(trainer):
+            mesh = sharding.data_parallel_mesh(self.device, trainer.world_size)
+            self.backbone.shard_(mesh, sharding.mixed_precision())
         self._built = True
 
     def configure_optimizers(self):
@@ -233,13 +242,13 @@ class TDMR1Module(L.LightningModule):
             groups.append({"params": roles.parameters_of(SURROGATE), **self.surrogate_param_group})
         return [generator, self.critic_optimizer(groups)]
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+    def is_checkpointed_key(self, key: str) -> bool:
+        """Whether a ``state_dict`` key is saved in checkpoints: the roles' weights, not the frozen base."""
         prefix = "backbone."
-        checkpoint["state_dict"] = {
-            k: v
-            for k, v in checkpoint["state_dict"].items()
-            if not k.startswith(prefix) or self.backbone.is_role_state(k[len(prefix) :])
-        }
+        return not key.startswith(prefix) or self.backbone.is_role_state(key[len(prefix) :])
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if self.is_checkpointed_key(k)}
         roles = self.backbone.roles  # what a LoRA file must state to be loaded back (backbones/lora_files.py)
         checkpoint[CHECKPOINT_LORA_KEY] = {
             "rank": roles.lora_rank,

@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 
 
 class ManualStepper:
@@ -48,8 +49,11 @@ class ManualStepper:
         return bool(self.module.trainer.strategy.reduce(torch.tensor(float(flag), device=device), reduce_op="sum") > 0)
 
     def reduce_gradients(self, params: list[Tensor]) -> None:
-        """Average the gradients of ``params`` over processes (one flat collective)."""
-        if self.world_size == 1 or not params:
+        """Average the gradients of ``params`` over processes (one flat collective).
+
+        Sharded gradients (``DTensor``) were already averaged by FSDP2 in each backward pass.
+        """
+        if self.world_size == 1 or not params or any(isinstance(p.grad, DTensor) for p in params):
             return
         grads = [p.grad for p in params]
         flat = self.module.trainer.strategy.reduce(torch.cat([g.reshape(-1) for g in grads]), reduce_op="mean")
@@ -85,4 +89,13 @@ def grad_norm(params: list[Tensor]) -> Tensor:
     """The global L2 norm of the gradients of ``params`` (computed in fp32), detached."""
     if not params:
         return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.float()) for p in params])).detach()
+    sharded = [p.grad for p in params if isinstance(p.grad, DTensor)]
+    squares = torch.stack(
+        [p.grad.float().square().sum() for p in params if not isinstance(p.grad, DTensor)]
+        or [torch.zeros((), device=params[0].grad.device)]
+    ).sum()
+    if sharded:  # FSDP2: each element of a gradient lives on one process; sum the shards' squares, then all-reduce
+        local = torch.stack([g.to_local().float().square().sum() for g in sharded]).sum()
+        torch.distributed.all_reduce(local, group=sharded[0].device_mesh.get_group())
+        squares = squares.to(local.device) + local
+    return squares.sqrt().detach()

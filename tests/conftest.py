@@ -31,11 +31,11 @@ QUIET_TRAINER = (
 )
 
 
-@pytest.fixture
-def quiet_trainer() -> list[str]:
+@pytest.fixture(scope="session")
+def quiet_trainer() -> tuple[str, ...]:
     """`tdmr1 fit` arguments of a test's trainer: no validation loop, progress bar or model summary
     (a test adds its own root dir, logger, steps and callbacks)."""
-    return list(QUIET_TRAINER)
+    return QUIET_TRAINER
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import contextlib
 import copy
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -133,6 +133,7 @@ class RoleTransformers(nn.Module):
         self.lora_target_modules = tuple(lora_target_modules)
         self.base = base.requires_grad_(False).eval()
         self._active: str | None = None
+        self.sharded = False  # set by shard_
         if roles_as == "lora":
             from peft import LoraConfig
             from peft.tuners.tuners_utils import BaseTunerLayer
@@ -152,16 +153,18 @@ class RoleTransformers(nn.Module):
                 role: sorted(n for n, _ in base.named_parameters() if f".{role}." in n and ".lora_" in n)
                 for role in self.roles
             }
-            # Each LoRA layer's adapter tensors and whether they train, to undo peft's requires_grad changes.
+            # Each LoRA layer's adapter tensors (by name: a sharding strategy registers new parameter objects)
+            # and whether they train, to undo peft's requires_grad changes.
             self._trainable_flags = {
                 layer: [
-                    (p, n.split(".")[1] in TRAINED_ROLES) for n, p in layer.named_parameters() if n.startswith("lora_")
+                    (n, n.split(".")[1] in TRAINED_ROLES) for n, _ in layer.named_parameters() if n.startswith("lora_")
                 ]
                 for layer in self._tuner_layers
             }
-            for flags in self._trainable_flags.values():
-                for p, _ in flags:
-                    p.data = p.data.float()  # adapters train in fp32 over a low-precision base
+            for layer, flags in self._trainable_flags.items():
+                for name, _ in flags:
+                    param = layer.get_parameter(name)
+                    param.data = param.data.float()  # adapters train in fp32 over a low-precision base
             self._restore_trainable(self._tuner_layers)
             self._block_layers: dict[nn.Module, list[nn.Module]] = {}
             if gradient_checkpointing:
@@ -184,8 +187,8 @@ class RoleTransformers(nn.Module):
         # peft's set_adapter flips requires_grad to follow the active adapter; our trained roles keep
         # requiring grad so that switching roles between a forward and its backward changes nothing.
         for layer in layers:
-            for param, trainable in self._trainable_flags[layer]:
-                param.requires_grad_(trainable)
+            for name, trainable in self._trainable_flags[layer]:
+                layer.get_parameter(name).requires_grad_(trainable)
 
     def _switch_layers(self, layers: Sequence[nn.Module], role: str) -> None:
         """Make ``layers`` (LoRA layers of the base) compute ``role``."""
@@ -240,7 +243,7 @@ class RoleTransformers(nn.Module):
         For inference only (no gradients). The base weights are copied first and restored exactly
         afterwards, so the teacher never drifts by merge / unmerge rounding.
         """
-        if self.roles_as == "full" or role == TEACHER:
+        if self.roles_as == "full" or role == TEACHER or self.sharded:  # a shard cannot fold B A in
             yield self.activate(role)
             return
         module = self.activate(role)
@@ -256,6 +259,25 @@ class RoleTransformers(nn.Module):
                 for layer, weight in zip(layers, saved):
                     layer.get_base_layer().weight.copy_(weight)
                     layer.merged_adapters.clear()
+
+    def denoisers(self) -> list[nn.Module]:
+        """Every denoiser module: the base (the teacher, and the adapters in ``lora`` mode) and any copies."""
+        return [self.base, *(self.copies.values() if self.roles_as == "full" else ())]
+
+    def shard_(self, blocks: Callable[[nn.Module], Sequence[nn.Module]], mesh, mp_policy=None) -> None:
+        """FSDP2: shard each denoiser's ``blocks(denoiser)`` one by one, then the rest of it, over ``mesh``.
+
+        Frozen weights are sharded too; a block's LoRA adapters (every role's) are sharded with it, so a
+        role's forward gathers its block's base weights and adapters together.
+        """
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        policy = mp_policy or MixedPrecisionPolicy()
+        for denoiser in self.denoisers():
+            for block in blocks(denoiser):
+                fully_shard(block, mesh=mesh, mp_policy=policy)
+            fully_shard(denoiser, mesh=mesh, mp_policy=policy)
+        self.sharded = True
 
     # -- parameters ---------------------------------------------------------------------------
 
@@ -389,6 +411,17 @@ class RectifiedFlowBackbone(nn.Module, ABC):
     @property
     def device(self) -> torch.device:
         return next(self.roles.base.parameters()).device
+
+    # FSDP2 (``tdmr1_lightning.sharding``): a family names its denoiser's repeated blocks to be sharded.
+    shards_blocks: bool = False
+
+    def denoiser_blocks(self, denoiser: nn.Module) -> Sequence[nn.Module]:
+        """The repeated blocks of ``denoiser`` that FSDP2 shards one by one (set ``shards_blocks`` with it)."""
+        raise NotImplementedError(f"{type(self).__name__} does not name its denoiser's blocks")
+
+    def shard_(self, mesh, mp_policy=None) -> None:
+        """Shard every role's denoiser over ``mesh`` (FSDP2), block by block; call after :meth:`build`."""
+        self.roles.shard_(self.denoiser_blocks, mesh, mp_policy)
 
     def is_role_state(self, key: str) -> bool:
         """Whether a ``state_dict`` key of this backbone is role weights worth checkpointing (not frozen parts)."""

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from ..assets import check_asset
+from ..sharding import is_sharded_checkpoint, read_checkpoint
 from .roles import EMA_SOURCES, GENERATOR, GENERATOR_EMA, TRAINED_ROLES
 
 LORA_FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
@@ -111,14 +112,15 @@ class LoraFile:
 def read_lora_file(path: str | os.PathLike, role: str = GENERATOR, key: str = "generator_checkpoint") -> LoraFile:
     """Read a LoRA file (or a PEFT adapter folder) of any format above, for ``role`` (see the module doc)."""
     path = check_asset(path, key)
-    if path.is_dir():
+    sharded = is_sharded_checkpoint(path)  # a checkpoint folder saved under fsdp2
+    if path.is_dir() and not sharded:
         found = [path / name for name in _PEFT_FILES if (path / name).is_file()]
         if not found:
             raise LoraCheckpointError(
                 f"{key}: {path} is a folder without {' or '.join(_PEFT_FILES)} (a PEFT adapter folder)"
             )
         path = found[0]
-    if not path.is_file():
+    if not path.is_file() and not sharded:
         raise LoraCheckpointError(f"{key}: no such file: {path}")
     if path.suffix not in LORA_FILE_SUFFIXES:
         raise LoraCheckpointError(
@@ -135,7 +137,7 @@ def read_lora_file(path: str | os.PathLike, role: str = GENERATOR, key: str = "g
             raw = {k: f.get_tensor(k) for k in f.keys()}
     else:
         try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
+            raw = read_checkpoint(path) if sharded else torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # weights_only refuses pickled objects: say so plainly
             raise LoraCheckpointError(f"{key}: cannot read {path} as a tensor state dict: {err}") from err
         if isinstance(raw, dict) and isinstance(raw.get("ema_parameters"), (list, tuple)):

@@ -179,6 +179,11 @@ class SD3Backbone(RectifiedFlowBackbone):
         side = self.resolution // self.latent_factor
         return (self.roles.base.config.in_channels, side, side)
 
+    shards_blocks = True
+
+    def denoiser_blocks(self, denoiser: nn.Module) -> Sequence[nn.Module]:
+        return list(denoiser.transformer_blocks)  # JointTransformerBlock
+
     def transformer_forward(self, module: nn.Module, x: Tensor, t: Tensor, cond: Condition) -> Tensor:
         dtype = self.dtype if not torch.is_autocast_enabled(x.device.type) else x.dtype
         return module(

@@ -277,8 +277,13 @@ def _parse_rewards(text: str) -> list[Any]:
 
 def _load_checkpoint(module: Any, path: str, role: str) -> dict[str, Any]:
     """Load the role weights of ``path`` (a Lightning checkpoint or a bare state dict) into ``module``."""
+    from ..sharding import is_sharded_checkpoint, read_checkpoint
+
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if is_sharded_checkpoint(path):  # a checkpoint folder saved under fsdp2
+            ckpt = read_checkpoint(path)
+        else:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling problem
         raise EvaluationError(f"--ckpt {path}: cannot be read as a checkpoint ({type(err).__name__}: {err})") from None
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
