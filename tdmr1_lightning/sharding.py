@@ -90,7 +90,7 @@ def register_strategies() -> None:
 
 def is_sharded(trainer: L.Trainer | None) -> bool:
     """Whether ``trainer`` trains with FSDP2 (Lightning's ``ModelParallelStrategy`` or :class:`FSDP2Strategy`)."""
-    return trainer is not None and isinstance(trainer.strategy, ModelParallelStrategy)
+    return isinstance(getattr(trainer, "strategy", None), ModelParallelStrategy)
 
 
 def data_parallel_mesh(device: torch.device, world_size: int):
