@@ -35,38 +35,6 @@ class ReportSync(L.Callback):
 """
 
 
-@pytest.mark.slow
-def test_ddp_two_processes_keep_roles_in_sync(tmp_path, tiny_sd3_path, quiet_trainer):
-    (tmp_path / "sync_callback.py").write_text(CALLBACK)
-    report = tmp_path / "report.json"
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "HF_HUB_OFFLINE": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "tdmr1_lightning",
-        "fit",
-        "--config",
-        "configs/tiny.yaml",
-        f"--model.backbone.init_args.directory={tiny_sd3_path}",
-        f"--trainer.default_root_dir={tmp_path}",
-        "--trainer.strategy=ddp",
-        "--trainer.devices=2",
-        "--trainer.accelerator=cpu",
-        "--trainer.max_steps=2",
-        *quiet_trainer,
-        "--trainer.logger=false",
-        "--trainer.enable_checkpointing=false",
-        "--trainer.callbacks=[]",
-        "--trainer.callbacks+=sync_callback.ReportSync",
-        f"--trainer.callbacks.path={report}",
-    ]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(report.read_text())
-    assert result["world_size"] == 2 and result["global_step"] == 2
-    assert result["max_diff"] == 0.0
-
-
 SAVE_CALLBACK = """
 import torch, lightning as L
 from torch.distributed.tensor import DTensor
@@ -124,6 +92,28 @@ def _fit_command(root: Path, tiny_sd3_path: Path, quiet_trainer: tuple[str, ...]
 def _env(folder: Path, **extra: str) -> dict[str, str]:
     (folder / "save_callback.py").write_text(SAVE_CALLBACK)
     return {**os.environ, "PYTHONPATH": f"{folder}{os.pathsep}{ROOT}", "HF_HUB_OFFLINE": "1", **extra}
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_keep_roles_in_sync(tmp_path, tiny_sd3_path, quiet_trainer):
+    (tmp_path / "sync_callback.py").write_text(CALLBACK)
+    report = tmp_path / "report.json"
+    cmd = _fit_command(
+        tmp_path,
+        tiny_sd3_path,
+        quiet_trainer,
+        tmp_path / "roles.pt",
+        "--trainer.strategy=ddp",
+        "--trainer.devices=2",
+        "--model.batching.micro_batch_size=4",
+        "--trainer.callbacks+=sync_callback.ReportSync",
+        f"--trainer.callbacks.path={report}",
+    )
+    done = subprocess.run(cmd, cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(report.read_text())
+    assert result["world_size"] == 2 and result["global_step"] == 2
+    assert result["max_diff"] == 0.0
 
 
 @pytest.fixture(scope="module")
