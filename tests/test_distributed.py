@@ -192,9 +192,22 @@ def test_a_group_split_across_two_processes_trains_as_one_process_holding_it(
         resumed = fit("resumed", f"--ckpt_path={first}")
         # activation checkpointing per block, recomputed as the role that ran each forward, changes nothing
         checkpointed = fit("checkpointed", "--model.backbone.init_args.gradient_checkpointing=true")
+        # another world size: the format re-shards on load, and the prompts and noise do not depend on it
+        alone = fit(
+            "alone",
+            f"--ckpt_path={first}",
+            "--trainer.devices=1",
+            "--data.processes_per_group=1",
+            "--model.batching.micro_batch_size=4",
+        )
         for role, value in split["end"].items():
             assert torch.equal(resumed["end"][role], value), role
             assert torch.equal(checkpointed["end"][role], value), role
+            if role == TEACHER:
+                assert torch.equal(alone["end"][role], value)
+                continue
+            error = float((alone["end"][role] - value).norm() / (value - split["start"][role]).norm())
+            assert error <= 1e-4, (role, error)
 
 
 @pytest.mark.slow
