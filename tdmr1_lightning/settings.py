@@ -253,9 +253,14 @@ def _config_paths(args: list[str]) -> list[Path]:
     return [path for path in paths if path.is_file()]
 
 
+def _configures_another_module(section: Any) -> bool:
+    class_path = section.get("class_path") if isinstance(section, dict) else None
+    return bool(class_path) and not str(class_path).endswith("TDMR1Module")
+
+
 def _flat_keys_of_model(section: Any) -> list[str]:
-    if not isinstance(section, dict):
-        return []
+    if not isinstance(section, dict) or _configures_another_module(section):
+        return []  # another module (e.g. the teacher's pretraining) has its own flat settings
     keys = [key for key in section if key in MOVED]
     return keys + _flat_keys_of_model(section.get("init_args"))
 
@@ -264,17 +269,20 @@ def flat_settings(args: list[str]) -> list[str]:
     """One message for each setting of the flat layout (``model.num_steps``, before the groups) in command-line
     ``args`` and in the YAML files their ``--config`` options name, each saying where it moved."""
     messages = []
+    other_module = any(re.match(r"^--model(\.class_path)?=", arg) and not arg.endswith("TDMR1Module") for arg in args)
     for path in _config_paths(args):
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError):
             continue  # the config parser reports it
+        if isinstance(data, dict) and _configures_another_module(data.get("model")):
+            other_module = True
         lines = path.read_text(encoding="utf-8").splitlines()
         for key in _flat_keys_of_model((data or {}).get("model") if isinstance(data, dict) else None):
             number = next((n for n, line in enumerate(lines, 1) if re.match(rf"^\s+{key}\s*:", line)), None)
             where = f"{path}, line {number}" if number else str(path)
             messages.append(f"{where}: model.{key} is now model.{MOVED[key]}")
-    for arg in args:
+    for arg in [] if other_module else args:
         match = re.match(r"^--model\.(?:init_args\.)?([a-z_]+)(=.*)?$", arg)
         if match and match.group(1) in MOVED:
             messages.append(f"--model.{match.group(1)} is now --model.{MOVED[match.group(1)]}")

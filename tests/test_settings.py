@@ -89,6 +89,8 @@ def test_the_flat_layout_is_found_in_configs_and_arguments(tmp_path):
         "--model.cfg_weight is now --model.generator_loss.cfg_weight",
     ]
     assert flat_settings(["--config", "configs/tiny.yaml", "--model.surrogate_loss.beta=2"]) == []
+    # another module's own flat settings (the teacher's pretraining has a shift) are not the old layout
+    assert flat_settings(["--config", "configs/shapes/teacher.yaml", "--model.init_args.shift=2.0"]) == []
 
 
 def test_the_cli_refuses_the_flat_layout_before_anything_loads(tmp_path):
