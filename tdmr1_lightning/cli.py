@@ -50,14 +50,14 @@ class TDMR1CLI(LightningCLI):
         # Input paths written in a config resolve against its folder (paths.ConfigPath); existing ones are
         # made absolute, so the copy of the config saved with the run names the same files.
         resolve_existing(self.config)
-        self._regroup_checkpoint_settings()
         config = self.config.get(self.config.subcommand) if self.config.get("subcommand") else self.config
+        self._regroup_checkpoint_settings(config)
         check_launch_environment(int(config.trainer.num_nodes or 1), dict(os.environ))
 
-    def _regroup_checkpoint_settings(self) -> None:
+    @staticmethod
+    def _regroup_checkpoint_settings(config) -> None:
         """``--ckpt_path`` applies the checkpoint's hyperparameters; one saved in the flat layout lands in
         ``dict_kwargs``: move each setting into its group (with a warning) so older checkpoints resume."""
-        config = self.config.get(self.config.subcommand) if self.config.get("subcommand") else self.config
         model = config.get("model") if config is not None else None
         extra = model.get("dict_kwargs") if model is not None else None
         moved = [key for key in (extra or {}) if key in MOVED]

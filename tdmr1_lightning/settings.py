@@ -272,12 +272,13 @@ def flat_settings(args: list[str]) -> list[str]:
     other_module = any(re.match(r"^--model(\.class_path)?=", arg) and not arg.endswith("TDMR1Module") for arg in args)
     for path in _config_paths(args):
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+            data = yaml.safe_load(text)
         except (OSError, yaml.YAMLError):
             continue  # the config parser reports it
         if isinstance(data, dict) and _configures_another_module(data.get("model")):
             other_module = True
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = text.splitlines()
         for key in _flat_keys_of_model((data or {}).get("model") if isinstance(data, dict) else None):
             number = next((n for n, line in enumerate(lines, 1) if re.match(rf"^\s+{key}\s*:", line)), None)
             where = f"{path}, line {number}" if number else str(path)

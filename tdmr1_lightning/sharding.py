@@ -63,8 +63,9 @@ class FSDP2Strategy(ModelParallelStrategy):
         )
 
         saved = set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
-        module = self.lightning_module
-        model_state = {k: v for k, v in get_model_state_dict(self.model).items() if module.is_checkpointed_key(k)}
+        # what the module saves (TDMR1Module: its roles, not the frozen base); any other module: every key
+        saved_key = getattr(self.lightning_module, "is_checkpointed_key", lambda key: True)
+        model_state = {k: v for k, v in get_model_state_dict(self.model).items() if saved_key(k)}
         missing = [k for k in model_state if f"state_dict.{k}" not in saved]
         if missing:
             raise ValueError(
